@@ -1,0 +1,55 @@
+"""The `ponder` command: one verb per entry point, each a module's `main(argv)`.
+
+Verbs are imported lazily so that `ponder --help` is instant and a verb's
+heavy dependencies load only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb -> ("module:function", one-line description)
+VERBS: dict[str, tuple[str, str]] = {
+    "quickstart": ("ponder.quickstart:main", "tiny base -> eval -> GRPO from scratch (R1-Zero) -> eval -> report"),
+    "pretrain": ("ponder.pretrain:main", "build the built-in tiny base model from a synthetic corpus"),
+    "train": ("ponder.train:main", "run GRPO (or a family variant) on a task from a recipe"),
+    "eval": ("ponder.evaluate:main", "pass@1, pass@k, maj@k and thinking length on a held-out split"),
+    "report": ("ponder.report:main", "write an HTML page with plots for a run directory"),
+    "tasks": ("ponder.tasks:main", "list the built-in tasks"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, VERBS))
+    lines = ["usage: ponder VERB [options]   (ponder VERB --help for a verb's options)", "", "verbs:"]
+    lines += [f"  {v.ljust(width)}  {desc}" for v, (_, desc) in VERBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from ponder import __version__
+        print(__version__)
+        return 0
+    verb = argv[0]
+    if verb not in VERBS:
+        print(f"ponder: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    target, _ = VERBS[verb]
+    module, func = target.split(":")
+    fn = getattr(importlib.import_module(module), func)
+    from ponder.config import ConfigError
+    try:
+        return int(fn(argv[1:]) or 0)
+    except ConfigError as e:
+        print(f"ponder {verb}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
