@@ -17,6 +17,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("ponder.evaluate:main", "pass@1, pass@k, maj@k and thinking length on a held-out split"),
     "report": ("ponder.report:main", "write an HTML page with plots for a run directory"),
     "tasks": ("ponder.tasks:main", "list the built-in tasks"),
+    "verify": ("ponder.verify:main", "run a verifier on given answers and print verdicts (math, code, json, task)"),
+    "probe": ("ponder.probe:main", "attack a task's verifier with degenerate answers; report any that score > 0"),
 }
 
 

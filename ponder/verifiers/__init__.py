@@ -1,0 +1,1 @@
+"""Verifiers: programs that check an answer and return a Verdict."""
