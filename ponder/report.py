@@ -53,7 +53,8 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
     bad lines are skipped and reported rather than failing the report.
     """
     rows, notes = [], []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    # Undecodable bytes become U+FFFD, so such a line fails to parse and is noted below.
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
