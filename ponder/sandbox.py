@@ -113,7 +113,7 @@ class Program:
 def run_python(code_files: dict[str, str], main: str, limits: Limits = Limits(),
                stdin: str = "", backend: str = "auto", site_packages: bool = False,
                read_only: tuple = ()) -> RunResult:
-    """Run `main` (one of `code_files`) with `python -I` in a sandbox; see the module doc.
+    """Run `main` (one of `code_files`) with `python -E -s` in a sandbox; see the module doc.
 
     `read_only` lists host paths to show the program at the same place; under
     bwrap they are read-only binds (the subprocess backend cannot enforce that).
@@ -366,7 +366,7 @@ def _launch(program: Program, limits: Limits, backend: str, extra_fds: tuple) ->
     spec = {
         "status_fd": status_w, "rlimits": rlimits, "uid": uid,
         "unshare_net": backend != "bwrap",
-        "argv": [python, "-I", os.path.join(home, program.main), *map(str, program.args), *map(str, extra_fds)],
+        "argv": [python, "-E", "-s", os.path.join(home, program.main), *map(str, program.args), *map(str, extra_fds)],
     }
     command = [python, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(spec)]
     if backend == "bwrap":
