@@ -214,11 +214,65 @@ def _compare(gold: str, answer: str, float_rounding: int, rel_tol: float, abs_to
     a = parse(as_latex(answer), cfg, parsing_timeout=None)
     if not a:
         return "badanswer", f"answer {answer[:80]!r} could not be parsed"
+    if _digits(a) > MAX_DIGITS and _digits(g) <= MAX_DIGITS:
+        # SymPy would try to evaluate 9^(9^(9^9)) and never return; a number that
+        # size cannot equal a gold that is not, so say so at once.
+        return "nomatch", f"answer is a number of magnitude ~10^±{_digits(a):.3g}; the gold is not"
     if verify(g, a, float_rounding=float_rounding, timeout_seconds=None):
         return "match", ""
     if (rel_tol or abs_tol) and _numerically_close(g, a, rel_tol, abs_tol):
         return "match", "within tolerance"
     return "nomatch", f"{str(a[0])[:80]} is not {str(g[0])[:80]}"
+
+
+MAX_DIGITS = 100_000  # numbers estimated larger (or smaller) than 10^±this are compared by size, not evaluated
+
+
+def _digits(parsed: list) -> float:
+    """Estimate of max |log10 |x|| over the numeric expressions in `parsed`.
+
+    Computed on the expression tree in floats (inf when it overflows), so it never
+    evaluates a power tower; non-numeric parts count as 0.
+    """
+    import math
+
+    import sympy
+
+    def log10(x) -> float:  # ~ log10|x|; 0.0 for what it cannot size (symbols, most functions)
+        if not isinstance(x, sympy.Basic) or x.is_zero:
+            return 0.0
+        if x.is_Integer:
+            n = abs(int(x))
+            return (math.log10(n) if n < 10**300 else n.bit_length() * math.log10(2))
+        if x.is_Rational:
+            return log10(sympy.Integer(x.p)) - log10(sympy.Integer(x.q))
+        if x.is_Float:
+            return math.log10(abs(float(x)))
+        if x.is_Pow:
+            return value(x.exp) * log10(x.base) if log10(x.base) != 0 else 0.0
+        if isinstance(x, sympy.exp):
+            return value(x.args[0]) * math.log10(math.e)
+        if isinstance(x, sympy.factorial):
+            n = value(x.args[0])
+            return n * math.log10(n) if n > 1 else 0.0
+        if x.is_Mul:
+            return sum(map(log10, x.args))
+        if x.args:
+            return max(map(log10, x.args)) + math.log10(len(x.args))
+        return 0.0
+
+    def value(x) -> float:  # float value of an exponent, +-inf when too large to compute safely
+        size = log10(x)
+        if size > 15:
+            return -math.inf if x.is_negative else math.inf
+        try:
+            v = complex(sympy.N(x, 20))
+        except (TypeError, ValueError):
+            return 0.0  # symbolic exponent: x**n is not a number to size
+        return v.real
+
+    sizes = [abs(log10(x)) for x in parsed if isinstance(x, sympy.Basic) and x.is_number]
+    return max((0.0 if math.isnan(s) else s for s in sizes), default=0.0)
 
 
 def _numerically_close(golds: list, answers: list, rel_tol: float, abs_tol: float) -> bool:
