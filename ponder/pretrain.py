@@ -55,7 +55,7 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def encode_batch(tok, docs: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), both (B, T), right-padded; each doc is <bos> text <eos>."""
-    rows = [[tok.bos_token_id] + tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in docs]
+    rows = [tok(d)["input_ids"] + [tok.eos_token_id] for d in docs]
     T = max(map(len, rows))
     ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
@@ -71,13 +71,28 @@ def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
 
 
+def length_bucketed(stream, batch_size: int, pool: int = 32):
+    """Batches of similar-length documents, so little compute goes to padding.
+
+    Draws `pool` batches' worth of documents, sorts them by length, and yields
+    the chunks in a shuffled order (deterministic: the shuffle is seeded by the stream).
+    """
+    import random
+    rng = random.Random(0)
+    while True:
+        docs = sorted((next(stream) for _ in range(batch_size * pool)), key=len)
+        chunks = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
+        rng.shuffle(chunks)
+        yield from chunks
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     mcfg = TinyModelConfig(hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads)
     model, tok = new_tiny(mcfg, seed=cfg.seed)
     model.train()
     mix = CorpusMix(p_direct=cfg.p_direct, p_partial=cfg.p_partial, p_check=cfg.p_check, max_digits=cfg.max_digits)
-    stream = documents(mix, cfg.seed)
+    batches = length_bucketed(documents(mix, cfg.seed), cfg.batch_size)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -87,7 +102,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        ids, mask = encode_batch(tok, [next(stream) for _ in range(cfg.batch_size)])
+        ids, mask = encode_batch(tok, next(batches))
         loss = lm_loss(model, ids, mask)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; nothing was saved")

@@ -1,0 +1,129 @@
+"""Inference-only forward pass for Llama-family HF models, with a preallocated KV cache.
+
+Why not HF's own forward: with `DynamicCache`, every decode step concatenates
+each layer's keys and values onto the cache (copying the whole cache), and
+rebuilds attention masks; for small models at RL batch sizes that overhead,
+not the matmuls, dominates decode time on a CPU. This module reuses the HF
+model's own weights and rotary embedding (nothing is converted or copied) and
+writes each step's keys/values into a cache allocated once. Equality of its
+logits with the HF forward is tested.
+
+Supported: models whose decoder layers look like Llama's (Llama, SmolLM,
+Mistral, Qwen2): `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`, RMSNorms,
+rotary embeddings, grouped-query attention. `supports(model)` tells; the
+engine falls back to the HF forward for anything else.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+except ImportError:  # pragma: no cover - very old transformers
+    apply_rotary_pos_emb = None
+
+_LAYER_ATTRS = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
+_ATTN_ATTRS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP_ATTRS = ("gate_proj", "up_proj", "down_proj", "act_fn")
+
+
+def supports(model) -> bool:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if apply_rotary_pos_emb is None or layers is None or not len(layers):
+        return False
+    if not all(hasattr(inner, a) for a in ("embed_tokens", "norm", "rotary_emb")) or not hasattr(model, "lm_head"):
+        return False
+    layer = layers[0]
+    if not all(hasattr(layer, a) for a in _LAYER_ATTRS):
+        return False
+    if not all(hasattr(layer.self_attn, a) for a in _ATTN_ATTRS):
+        return False
+    if any(hasattr(layer.self_attn, a) for a in ("q_norm", "k_norm", "sliding_window")):
+        return False  # Qwen3-style QK norms or sliding windows: not handled here
+    return all(hasattr(layer.mlp, a) for a in _MLP_ATTRS)
+
+
+class KVCache:
+    """Keys and values for B rows and up to S positions, per layer: (B, H_kv, S, D)."""
+
+    def __init__(self, n_layers: int, batch: int, n_kv: int, max_len: int, head_dim: int, dtype: torch.dtype):
+        shape = (batch, n_kv, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(n_layers)]
+        self.valid = torch.zeros((batch, max_len), dtype=torch.bool)  # which key positions hold real tokens
+
+    @property
+    def batch(self) -> int:
+        return self.valid.size(0)
+
+    def repeat_interleave(self, n: int) -> None:
+        self.k = [k.repeat_interleave(n, 0) for k in self.k]
+        self.v = [v.repeat_interleave(n, 0) for v in self.v]
+        self.valid = self.valid.repeat_interleave(n, 0)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (a copy; call it rarely — see `Engine`)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+        self.valid = self.valid[rows]
+
+
+class Decoder:
+    """`forward(ids, positions, cache, start)`: run L new tokens per row, writing cache columns start..start+L."""
+
+    def __init__(self, model):
+        if not supports(model):
+            raise TypeError(f"{type(model).__name__} is not a Llama-family model this decoder supports")
+        self.model = model
+        inner = model.model
+        self.embed, self.layers, self.norm, self.rotary = inner.embed_tokens, inner.layers, inner.norm, inner.rotary_emb
+        self.lm_head = model.lm_head
+        cfg = model.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.dtype = next(model.parameters()).dtype
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.dtype)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the last new token of each row, (B, V).
+
+        ids, positions: (B, L). `valid` (B, L) marks real (non-padding) new tokens; default all.
+        """
+        B, L = ids.shape
+        end = start + L
+        cache.valid[:, start:end] = True if valid is None else valid
+        keys_ok = cache.valid[:, :end]  # (B, S)
+        # (B, 1, L, S): a query sees valid keys at or before its own column.
+        causal = torch.ones((L, end), dtype=torch.bool).tril(diagonal=start)
+        mask = (keys_ok[:, None, :] & causal[None]).unsqueeze(1)
+        if L > 1:  # padded query rows would see nothing; let them see themselves to avoid NaN
+            diag = torch.zeros((L, end), dtype=torch.bool)
+            diag[torch.arange(L), start + torch.arange(L)] = True
+            mask = mask | diag[None, None]
+        h = self.embed(ids)  # (B, L, D)
+        cos, sin = self.rotary(h, positions)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            cache.k[i][:, :, start:end] = k
+            cache.v[i][:, :, start:end] = v
+            o = F.scaled_dot_product_attention(
+                q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], attn_mask=mask,
+                enable_gqa=self.n_kv != self.n_heads)  # (B, H, L, hd)
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+            x = layer.post_attention_layernorm(h)
+            mlp = layer.mlp
+            h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+        return self.lm_head(self.norm(h[:, -1]))  # (B, V)
