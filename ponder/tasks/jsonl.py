@@ -1,0 +1,105 @@
+"""A task from a JSONL file plus a grader: no code needed.
+
+Each line is an object with `prompt` and `answer` (a string, or any JSON
+value, which is stored as JSON text for the json_schema grader), and
+optionally `id`, `difficulty`, `split` ("train"/"test") and any other fields,
+which go to `Example.info` (e.g. `tests` and `entry_point` for code_tests).
+Without a `split` field, a line belongs to the split given by a hash of its
+prompt, so train and test never share a prompt.
+
+The grader is a spec table (see `ponder.verifiers.custom`), a TOML file
+holding one, or `module:function` / `file.py:function` naming a reward
+function.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from ponder.config import ConfigError
+from ponder.tasks.base import SPLITS, Example, Task, check_split, split_of
+from ponder.verdict import Verdict
+from ponder.verifiers.custom import Grader, PythonGrader, grade, load_function, load_grader, parse_grader
+
+_KNOWN = ("id", "prompt", "answer", "difficulty", "split")
+
+
+def read_examples(path: str | Path) -> list[tuple[str, Example]]:
+    """(split, example) for every line of a JSONL file; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"task file {str(p)!r} does not exist")
+    out, ids = [], {}
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            out.append(_example(line, f"{p}:{lineno}", lineno, ids))
+    if not out:
+        raise ConfigError(f"task file {str(p)!r} has no examples")
+    return out
+
+
+def _example(line: str, where: str, lineno: int, ids: dict[str, str]) -> tuple[str, Example]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    missing = [k for k in ("prompt", "answer") if k not in row]
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}; each line needs prompt and answer")
+    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+        raise ConfigError(f"{where}: `prompt` must be a non-empty string")
+    answer = row["answer"] if isinstance(row["answer"], str) else json.dumps(row["answer"])
+    ex_id = str(row.get("id", f"line{lineno}"))
+    if ex_id in ids:
+        raise ConfigError(f"{where}: id {ex_id!r} already used at {ids[ex_id]}")
+    ids[ex_id] = where
+    difficulty = row.get("difficulty", 1)
+    if isinstance(difficulty, bool) or not isinstance(difficulty, int):
+        raise ConfigError(f"{where}: `difficulty` must be an integer, got {difficulty!r}")
+    split = row.get("split") or split_of(row["prompt"])
+    if split not in SPLITS:
+        raise ConfigError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    info = {k: v for k, v in row.items() if k not in _KNOWN}
+    return split, Example(id=ex_id, prompt=row["prompt"], answer=answer, difficulty=difficulty, info=info)
+
+
+def make_grader(grader: Any, base_dir: Path = Path(".")) -> Grader:
+    """A grader from a spec dict, a grader object, a .toml path, or a 'module:function' name."""
+    if isinstance(grader, dict):
+        return parse_grader(grader, base_dir)
+    if hasattr(grader, "grade"):
+        return grader
+    if isinstance(grader, (str, Path)):
+        text = str(grader)
+        if text.endswith(".toml"):
+            return load_grader(text)
+        if ":" in text:
+            return PythonGrader(text, load_function(text, base_dir))
+    raise ConfigError(f"grader {grader!r} is not a spec table, a .toml file or 'module:function'")
+
+
+class JsonlTask(Task):
+    """Examples from a JSONL file, checked by a grader."""
+
+    def __init__(self, path: str | Path, grader: Any):
+        self.path = Path(path)
+        self.name = f"jsonl:{self.path.name}"
+        self.rows = read_examples(self.path)
+        self.grader = make_grader(grader, self.path.parent)
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        """Up to `n` examples of `split`, in an order shuffled by `seed` (a file has only so many)."""
+        check_split(split)
+        pool = [ex for s, ex in self.rows if s == split]
+        random.Random(f"{self.path.name}/{split}/{seed}").shuffle(pool)
+        return pool[:n]
+
+    def verify(self, completion: str, example: Example) -> Verdict:
+        return grade(self.grader, completion, example)
