@@ -83,7 +83,7 @@ def verify_code(solution: str, tests: str, limits: Limits = Limits(), entry_poin
             return correct(reason)
         if status == "error":
             return invalid(f"harness: {reason}")
-        return wrong(reason + _tail(solution_run.stderr))
+        return wrong(reason + _how_it_ended(solution_run) + _tail(solution_run.stderr))
     if solution_run.timed_out or referee_run.timed_out:
         return wrong(f"timed out after {limits.wall_seconds:g} s")
     return invalid(f"the tests process ended without a result (exit {referee_run.returncode})"
@@ -176,6 +176,14 @@ def _referee_result(stdout: str, nonce: str) -> tuple[str, str] | None:
             except (ValueError, KeyError, TypeError):
                 return None
     return None
+
+
+def _how_it_ended(run: sandbox.RunResult) -> str:
+    """Why the solution's process ended, when a limit did it (the referee cannot see that)."""
+    if run.truncated:
+        return " (the solution passed the output limit)"
+    signals = {128 + 9: "SIGKILL: CPU or memory limit", 128 + 24: "SIGXCPU: CPU limit", 128 + 25: "SIGXFSZ: file size limit"}
+    return f" (the solution was killed by {signals[run.returncode]})" if run.returncode in signals else ""
 
 
 def _tail(stderr: str, chars: int = 300) -> str:

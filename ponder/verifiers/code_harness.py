@@ -226,7 +226,7 @@ def make_proxy(channel, name):
             except WireError as exc:
                 raise CandidateFailure(f"{name}() answered garbage: {exc}") from None
         if reply[0] == "not_plain" and len(reply) == 2:
-            raise CandidateFailure(f"{name}() returned a value of {str(reply[1])[:300]}")
+            raise CandidateFailure(f"{name}() returned a value whose {str(reply[1])[:300]}")
         if reply[0] == "raised" and len(reply) == 3 and all(type(r) is str for r in reply[1:]):
             kind = getattr(builtins, reply[1], None)
             if (isinstance(kind, type) and issubclass(kind, Exception) and kind.__name__ == reply[1]
