@@ -391,6 +391,8 @@ def _launch(program: Program, limits: Limits, backend: str, extra_fds: tuple) ->
 
 def _kill(proc: _Proc) -> None:
     """Kill the run's process group (bwrap's death takes its pid namespace with it)."""
+    if proc.backend == "bwrap" and proc.popen.returncode is not None:
+        return  # nothing of it is left, and its pid may since belong to someone else
     try:
         os.killpg(proc.popen.pid, signal.SIGKILL)
     except ProcessLookupError:

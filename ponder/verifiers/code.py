@@ -83,7 +83,9 @@ def verify_code(solution: str, tests: str, limits: Limits = Limits(), entry_poin
             return correct(reason)
         if status == "error":
             return invalid(f"harness: {reason}")
-        return wrong(reason + _how_it_ended(solution_run) + _tail(solution_run.stderr))
+        if status == "gone":  # the solution's process ended: say why, if a limit did it
+            reason += _how_it_ended(solution_run)
+        return wrong(reason + _tail(solution_run.stderr))
     if solution_run.timed_out or referee_run.timed_out:
         return wrong(f"timed out after {limits.wall_seconds:g} s")
     return invalid(f"the tests process ended without a result (exit {referee_run.returncode})"

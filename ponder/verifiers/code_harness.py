@@ -196,6 +196,10 @@ class CandidateFailure(BaseException):
     """
 
 
+class CandidateGone(CandidateFailure):
+    """The solution's process ended (exit, crash, or killed at a limit)."""
+
+
 class CandidateError(Exception):
     """The candidate raised an exception that is not a built-in one."""
 
@@ -213,13 +217,13 @@ def make_proxy(channel, name):
         try:
             channel.send(request)
         except OSError:
-            raise CandidateFailure(f"the solution process is gone (calling {name})") from None
+            raise CandidateGone(f"the solution process is gone (calling {name})") from None
         try:
             reply = channel.receive()
         except WireError as exc:
             raise CandidateFailure(f"{name}() answered garbage: {exc}") from None
         if reply is None:
-            raise CandidateFailure(f"the solution process exited while running {name}()")
+            raise CandidateGone(f"the solution process exited while running {name}()")
         if reply[0] == "ok" and len(reply) == 2:
             try:
                 return decode(reply[1])
@@ -271,7 +275,9 @@ def test_globals(channel, entries, entry_point):
 
 
 def run_tests(channel, tests_source, entry_point, helpers_source=""):
-    """("pass" | "fail" | "error", reason). Only a return from the tests is a pass.
+    """("pass" | "fail" | "gone" | "error", reason). Only a return from the tests is a pass.
+
+    "gone": the solution's process ended; "error": the tests asked for the impossible.
 
     `helpers_source` is trusted code run in the tests' namespace first, so
     that helpers the tests call (HumanEval's `poly`, `encode_cyclic`) are the
@@ -282,7 +288,7 @@ def run_tests(channel, tests_source, entry_point, helpers_source=""):
     except WireError as exc:
         return "fail", f"the solution answered garbage: {exc}"
     if hello is None:
-        return "fail", "the solution exited before it was ready"
+        return "gone", "the solution exited before it was ready"
     if hello[0] == "load_error" and len(hello) == 2:
         return "fail", f"the solution raised {str(hello[1])[:300]}"
     if hello[0] != "ready" or len(hello) != 2 or type(hello[1]) is not dict:
@@ -305,6 +311,8 @@ def run_tests(channel, tests_source, entry_point, helpers_source=""):
             check(namespace[entry_point])
     except HarnessError as exc:
         return "error", str(exc)
+    except CandidateGone as exc:
+        return "gone", str(exc)
     except CandidateFailure as exc:
         return "fail", str(exc)
     except AssertionError as exc:
