@@ -158,6 +158,11 @@ def test_top_level_asserts_work_without_check():
     assert not verify_code("LIMIT = 4\n" + RIGHT, tests, LIMITS).ok
 
 
+def test_tests_may_use_a_module_the_solution_imported():
+    tests = "def check(candidate):\n    assert m.isclose(candidate(2.0), 4.0)\n"
+    assert verify_code("import math as m\ndef square(x):\n    return x * x\n", tests, LIMITS).ok
+
+
 def test_exceptions_the_tests_expect_reach_them():
     tests = """
 def check(candidate):
