@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # ponder shows its own progress; weight loading is instant here
 
 from ponder.config import ConfigError, check_choices, option
 from ponder.tokenizer import build_char_tokenizer

@@ -39,6 +39,8 @@ class PretrainConfig:
     p_partial: float = option(0.25, "corpus share showing the first k column steps")
     p_check: float = option(0.5, "share of full solutions ending with a self-check")
     max_digits: int = option(5, "most digits in a corpus problem")
+    save_every: int = option(500, "also save the model every N steps (so a crash loses little)")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
 
     def __post_init__(self):
         check_choices(self)
@@ -87,6 +89,8 @@ def length_bucketed(stream, batch_size: int, pool: int = 32):
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     mcfg = TinyModelConfig(hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads)
     model, tok = new_tiny(mcfg, seed=cfg.seed)
@@ -112,12 +116,28 @@ def pretrain(cfg: PretrainConfig) -> Path:
         opt.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            _save_atomic(model, tok, cfg.out)
+            model.train()
     model.eval()
-    out = save_model(model, tok, cfg.out)
+    out = _save_atomic(model, tok, cfg.out)
     (out / "ponder_pretrain.json").write_text(json.dumps(
         {"config": asdict(cfg), "params": count_params(model), "seconds": round(time.time() - t0, 1)}, indent=1))
     print(f"saved the base model to {out} ({time.time() - t0:.0f} s)")
     return out
+
+
+def _save_atomic(model, tok, out: str) -> Path:
+    """Write to a temporary folder, then swap it in: a crash never leaves a half-written model."""
+    import shutil
+    final, tmp = Path(out), Path(str(out) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval()
+    save_model(model, tok, tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
 
 
 def main(argv: list[str]) -> int:

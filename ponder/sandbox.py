@@ -65,7 +65,7 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class Limits:
-    cpu_seconds: float = 10.0  # CPU time per process (RLIMIT_CPU), then SIGKILL
+    cpu_seconds: float = 10.0  # CPU time per process (RLIMIT_CPU, rounded up to whole seconds)
     wall_seconds: float = 20.0  # wall clock for the whole run, then every process is killed
     memory_mb: int = 1024  # address space per process (RLIMIT_AS)
     max_processes: int = 32  # processes of the run at once, the first included (RLIMIT_NPROC)
@@ -199,10 +199,13 @@ try:
     for name, soft, hard in spec["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if spec["unshare_net"]:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        flags = 0x40000000 | (0 if os.geteuid() == 0 else 0x10000000)  # CLONE_NEWNET (| CLONE_NEWUSER)
-        spec["net"] = libc.unshare(flags) == 0
+        try:  # best effort: Linux only, and needs root or unprivileged user namespaces
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            flags = 0x40000000 | (0 if os.geteuid() == 0 else 0x10000000)  # CLONE_NEWNET (| CLONE_NEWUSER)
+            spec["net"] = libc.unshare(flags) == 0
+        except (OSError, AttributeError):
+            spec["net"] = False
     if spec["uid"] is not None:
         os.setgroups([])
         os.setgid(spec["uid"])

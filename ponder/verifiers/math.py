@@ -121,6 +121,18 @@ def tidy(ans: str) -> str:
     return ans
 
 
+_THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\\!|\\ |\{,\})(?=\d{3}(?!\d))")
+
+
+def join_thousands(s: str) -> str:
+    """Drop LaTeX thousands separators, which SymPy would read as multiplication.
+
+    >>> join_thousands(r"1\\,000\\,000"), join_thousands(r"1{,}234"), join_thousands(r"2\\,x")
+    ('1000000', '1234', '2\\\\,x')
+    """
+    return _THOUSANDS.sub("", s)
+
+
 def extract_answer(text: str, last_number: bool = False) -> Extracted:
     """The final answer in an answer text, and how it was found.
 
@@ -301,11 +313,14 @@ def _worker_main(rfd: int, wfd: int, memory_mb: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # a stray print must not reach the parent's terminal
-    if memory_mb > 0:
-        import resource
+    import resource
 
+    if memory_mb > 0:
         limit = memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # Backstop for a worker orphaned mid-computation: its parent-death watch
+    # needs the GIL, which one long big-integer operation can hold for minutes.
+    resource.setrlimit(resource.RLIMIT_CPU, (WORKER_CPU_S, WORKER_CPU_S))
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" is on purpose
     _compare("1", "1", 6, 0.0, 0.0)  # warm the lazy imports before "ready": the clock is for real work
     _exit_with_parent()
@@ -325,6 +340,9 @@ def _worker_main(rfd: int, wfd: int, memory_mb: int) -> None:
         except Exception as e:  # any crash in SymPy is the checker's failure, reported as invalid
             out = ("error", f"checker crashed: {type(e).__name__}: {str(e)[:200]}")
         outbox.send(out)
+
+
+WORKER_CPU_S = 3600  # CPU seconds a worker may use in its life; the pool recycles workers well before
 
 
 def _exit_with_parent() -> None:
@@ -414,7 +432,7 @@ class MathPool:
         with self._lock:
             self._all.discard(w)
         w.kill()
-        return self._spawn()
+        return w if self.closed else self._spawn()  # no new processes after close()
 
     def compare(self, gold: str, answer: str, cfg: MathConfig) -> Verdict:
         """Gold-first equivalence of two already-extracted answers, under cfg.timeout_s."""
@@ -436,7 +454,7 @@ class MathPool:
                 code = w.proc.poll()
                 w = self._retire(w)
                 return invalid(f"checker process died (exit code {code})")
-            if w.tasks >= self.max_tasks:  # SymPy's caches only grow; start afresh now and then
+            if w.tasks >= self.max_tasks:  # SymPy's caches only grow (and CPU time adds up); start afresh
                 w = self._retire(w)
             return _verdict(kind, detail)
         finally:
@@ -495,12 +513,13 @@ def verify_math(answer: str | None, gold: str, cfg: MathConfig = MathConfig(),
     ex = extract_answer(answer, cfg.last_number)
     if ex.text is None:
         return wrong(ex.how)
-    why = precheck(ex.text, cfg)
+    answer = join_thousands(ex.text)
+    why = precheck(answer, cfg)
     if why:
         return wrong(why)
     if not gold or not gold.strip():
         return invalid("empty gold answer")
-    return (pool or default_pool()).compare(tidy(gold), ex.text, cfg)
+    return (pool or default_pool()).compare(join_thousands(tidy(gold)), answer, cfg)
 
 
 def verify_math_many(pairs: Iterable[tuple[str | None, str]], cfg: MathConfig = MathConfig(),

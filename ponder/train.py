@@ -1,0 +1,335 @@
+"""`ponder train`: GRPO (and its family) on a task, from a recipe.
+
+The loop reads like the algorithm (numbers match `ponder.grpo`'s docstring):
+
+    for step in steps:
+        batch   = sample_groups(...)          # 1, 2, 4: rollouts, verdicts, rewards, refills
+        adv     = advantage_fn(rewards)       # 3
+        metrics = update_policy(...)          # 5, 6, 7
+        log, checkpoint
+
+Checkpoints are exact: each step's prompts and sampling seeds are functions
+of (seed, step), so resuming from a checkpoint replays the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ponder import checkpoint as ckpt
+from ponder import config as C
+from ponder.config import ConfigError, check_choices, option
+from ponder.engine import Engine, Sample, SamplingParams
+from ponder.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_advantages, informative_groups,
+                         kl_k3, token_entropy, token_logprobs)
+from ponder.metrics import rollout_metrics
+from ponder.model import load_model, save_model
+from ponder.runlog import RunLog
+from ponder.tasks import get_task
+from ponder.tasks.base import Example, Task, format_score
+from ponder.verdict import Verdict
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    model: str = option("tiny", "HF model folder to start from ('tiny' = the built-in base)")
+    task: str = option("arithmetic", "task name (see `ponder tasks`)")
+    task_options: str = option("", "task options as 'key=value key=value', e.g. 'max_digits=5 ops=add,mul'")
+    out: str = option("runs/rl", "run directory: metrics, checkpoints, final model")
+    steps: int = option(200, "RL steps")
+    prompts_per_step: int = option(16, "groups per step (P)")
+    group_size: int = option(8, "samples per prompt (G)")
+    max_new_tokens: int = option(128, "completion token limit")
+    temperature: float = option(1.0, "sampling temperature for rollouts")
+    top_p: float = option(1.0, "nucleus sampling for rollouts")
+    lr: float = option(5e-4, "AdamW learning rate (constant after warm-up)")
+    warmup: int = option(10, "linear warm-up steps")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "max gradient norm")
+    advantage: str = option("grpo", "advantage estimator", choices=tuple(ADVANTAGES))
+    scale_rewards: bool = option(True, "divide by the group std (False = Dr. GRPO)")
+    loss_agg: str = option("token", "loss aggregation: token-level (DAPO) or per-sequence (GRPO)",
+                           choices=tuple(AGGREGATIONS))
+    clip_low: float = option(0.2, "lower clip epsilon of the importance ratio")
+    clip_high: float = option(0.28, "upper clip epsilon (> clip_low = DAPO clip-higher)")
+    kl_coef: float = option(0.0, "weight of the k3 KL to the frozen starting model (0 = off)")
+    track_kl: bool = option(True, "measure KL to the starting model even when kl_coef = 0")
+    dynamic_sampling: bool = option(False, "drop groups whose rewards all agree and refill the batch")
+    max_refills: int = option(3, "extra sampling rounds allowed per step to refill the batch")
+    epochs: int = option(1, "optimisation passes over each rollout batch")
+    minibatches: int = option(1, "minibatches per pass")
+    format_weight: float = option(0.0, "weight of the <think>…</think> format reward")
+    seed: int = option(0, "seed for prompts and sampling")
+    save_every: int = option(50, "checkpoint every N steps (and at the end)")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    tensorboard: bool = option(True, "also write TensorBoard event files")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 for group-relative advantages, got {self.group_size}")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ConfigError(f"clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if self.lr <= 0 or self.kl_coef < 0 or self.format_weight < 0:
+            raise ConfigError(f"lr must be > 0, kl_coef and format_weight >= 0; got {self.lr}, {self.kl_coef}, {self.format_weight}")
+        if (self.prompts_per_step * self.group_size) % self.minibatches:
+            raise ConfigError(f"minibatches={self.minibatches} must divide the batch of "
+                              f"{self.prompts_per_step * self.group_size} rows")
+
+
+def parse_task_options(text: str) -> dict:
+    """'max_digits=5 ops=add,mul' -> {'max_digits': 5, 'ops': 'add,mul'} (ints and floats converted)."""
+    out = {}
+    for item in text.split():
+        if "=" not in item:
+            raise ConfigError(f"task option {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        for conv in (int, float):
+            try:
+                v = conv(v)
+                break
+            except ValueError:
+                pass
+        out[k] = v
+    return out
+
+
+# -- rewards -------------------------------------------------------------------------
+def score(task: Task, samples: list[Sample], examples: list[Example], format_weight: float):
+    """Verdicts and rewards for a flat list of samples; invalid verdicts get reward NaN."""
+    verdicts: list[Verdict] = [task.verify(s.text, ex) for s, ex in zip(samples, examples)]
+    rewards = [float("nan") if v.status == "invalid" else v.score + format_weight * format_score(s.text)
+               for s, v in zip(samples, verdicts)]
+    return verdicts, rewards
+
+
+def fill_invalid(rewards: torch.Tensor) -> torch.Tensor:
+    """(P, G): replace NaN (invalid verdicts) by the group's mean valid reward, so their advantage is 0."""
+    valid = ~torch.isnan(rewards)
+    mean = torch.where(valid, rewards, 0).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp_min(1)
+    return torch.where(valid, rewards, mean.expand_as(rewards))
+
+
+# -- rollouts --------------------------------------------------------------------------
+def step_examples(task: Task, cfg: RLConfig, step: int, round_: int) -> list[Example]:
+    """The prompts of one step (and refill round): a pure function of (seed, step, round)."""
+    return task.examples("train", cfg.prompts_per_step, seed=cfg.seed * 1_000_003 + step * 101 + round_)
+
+
+def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int) -> dict:
+    """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups."""
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    groups, all_samples, all_verdicts, all_rewards = [], [], [], []
+    gen_s, gen_tokens, zero_var = 0.0, 0, []
+    for round_ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
+        examples = step_examples(task, cfg, step, round_)
+        out = engine.generate([e.prompt for e in examples], cfg.group_size, params,
+                              seed=cfg.seed * 7_919 + step * 13 + round_)
+        gen_s += engine.last_stats.seconds
+        gen_tokens += engine.last_stats.generated_tokens
+        for ex, group in zip(examples, out):
+            verdicts, rewards = score(task, group, [ex] * len(group), cfg.format_weight)
+            all_samples += group
+            all_verdicts += verdicts
+            all_rewards += rewards
+            r = fill_invalid(torch.tensor([rewards]))
+            informative = bool(informative_groups(r)[0])
+            if round_ == 0:
+                zero_var.append(not informative)
+            if informative or not cfg.dynamic_sampling:
+                groups.append((group, r[0], verdicts))
+        if not cfg.dynamic_sampling or len(groups) >= cfg.prompts_per_step:
+            break
+    groups = groups[: cfg.prompts_per_step]
+    metrics = rollout_metrics(all_samples, all_verdicts, [r for r in all_rewards if not math.isnan(r)] or [0.0])
+    metrics.update(zero_var_frac=sum(zero_var) / len(zero_var), gen_seconds=gen_s,
+                   tokens_per_s=gen_tokens / gen_s if gen_s else 0.0, groups_used=len(groups))
+    return {"groups": groups, "metrics": metrics}
+
+
+# -- policy update -----------------------------------------------------------------------
+def pack(samples: list[Sample], pad_id: int):
+    """Right-padded (ids, attention_mask, completion_mask), each (B, L); the mask marks the
+    positions whose *next* token is a completion token (so logits[:, :-1] line up)."""
+    rows = [list(s.prompt_ids) + list(s.ids) for s in samples]
+    L = max(map(len, rows))
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), L), dtype=torch.long)
+    comp = torch.zeros((len(rows), L - 1))
+    for i, (s, r) in enumerate(zip(samples, rows)):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+        comp[i, len(s.prompt_ids) - 1: len(r) - 1] = 1.0
+    return ids, attn, comp
+
+
+def policy_logits(model, ids, attn):
+    return model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, L-1, V)
+
+
+def update_policy(model, ref_model, opt, batch: dict, cfg: RLConfig, advantage_fn, aggregate) -> dict:
+    """Steps 5-7: clipped surrogate (+ optional KL), aggregated, for `epochs` x `minibatches`."""
+    ids, attn, comp, adv = batch["ids"], batch["attn"], batch["comp"], batch["adv"]
+    targets = ids[:, 1:]
+    B = ids.size(0)
+    with torch.no_grad():
+        old_logp = token_logprobs(policy_logits(model, ids, attn), targets) if cfg.epochs > 1 or cfg.minibatches > 1 else None
+        ref_logp = (token_logprobs(policy_logits(ref_model, ids, attn), targets)
+                    if ref_model is not None else None)
+    stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0}
+    n_updates = 0
+    for _ in range(cfg.epochs):
+        for mb in torch.arange(B).chunk(cfg.minibatches):
+            logits = policy_logits(model, ids[mb], attn[mb])
+            logp = token_logprobs(logits, targets[mb])
+            old = old_logp[mb] if old_logp is not None else logp.detach()
+            per_tok, clipped = clipped_policy_loss(logp, old, adv[mb], cfg.clip_low, cfg.clip_high)
+            mask = comp[mb]
+            kl = kl_k3(logp, ref_logp[mb]) if ref_logp is not None else None
+            if kl is not None and cfg.kl_coef > 0:
+                per_tok = per_tok + cfg.kl_coef * kl
+            loss = aggregate(per_tok, mask)
+            if not torch.isfinite(loss):
+                raise FloatingPointError("non-finite loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if not torch.isfinite(gn):
+                raise FloatingPointError("non-finite gradient norm")
+            opt.step()
+            with torch.no_grad():
+                denom = mask.sum().clamp_min(1)
+                stats["loss"] += loss.item()
+                stats["clip_frac"] += ((clipped.float() * mask).sum() / denom).item()
+                stats["entropy"] += ((token_entropy(logits) * mask).sum() / denom).item()
+                stats["kl"] += ((kl * mask).sum() / denom).item() if kl is not None else 0.0
+                stats["grad_norm"] += gn.item()
+            n_updates += 1
+    return {k: v / n_updates for k, v in stats.items()}
+
+
+def build_batch(groups, pad_id: int, advantage_fn) -> dict:
+    samples = [s for g, _, _ in groups for s in g]
+    rewards = torch.stack([r for _, r, _ in groups])  # (P, G)
+    adv = advantage_fn(rewards).reshape(-1)  # (B,)
+    ids, attn, comp = pack(samples, pad_id)
+    invalid = torch.tensor([v.status == "invalid" for _, _, vs in groups for v in vs])
+    comp[invalid] = 0.0  # a verifier failure teaches nothing: masked out of the loss
+    return {"ids": ids, "attn": attn, "comp": comp, "adv": adv}
+
+
+# -- the run -----------------------------------------------------------------------------
+class _StopFlag:
+    """Ctrl-C sets a flag; the loop finishes the step, saves, and says how to resume."""
+
+    def __init__(self):
+        self.set = False
+
+    def __call__(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+
+def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = get_task(cfg.task, **parse_task_options(cfg.task_options))
+    model, tok = load_model(cfg.model)
+    ref_model = None
+    if cfg.kl_coef > 0 or cfg.track_kl:
+        ref_model, _ = load_model(cfg.model)
+        ref_model.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    start = 0
+    ck_root = out / "checkpoints"
+    if resume:
+        last = ckpt.latest(ck_root)
+        if last is None:
+            raise ConfigError(f"--resume: no complete checkpoint under {str(ck_root)!r}")
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(last, dtype=torch.float32)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        state = ckpt.load_state(last)
+        opt.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start = state["step"]
+        print(f"{log_prefix}resuming from {last.name} (step {start} of {cfg.steps})")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" else ADVANTAGES[cfg.advantage]
+    aggregate = AGGREGATIONS[cfg.loss_agg]
+    log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start)
+    stop = _StopFlag()
+    previous = signal.signal(signal.SIGINT, stop)
+    bar = tqdm(range(start, cfg.steps), desc=f"{log_prefix}GRPO", initial=start, total=cfg.steps,
+               disable=not cfg.progress, mininterval=1)
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            model.eval()
+            engine = Engine(model, tok)
+            rolled = sample_groups(engine, task, cfg, step)
+            metrics = dict(rolled["metrics"])
+            if rolled["groups"]:
+                model.train()
+                batch = build_batch(rolled["groups"], engine.pad_id, advantage_fn)
+                t1 = time.perf_counter()
+                try:
+                    metrics.update(update_policy(model, ref_model, opt, batch, cfg, advantage_fn, aggregate))
+                except FloatingPointError as e:
+                    last = ckpt.latest(ck_root)
+                    raise FloatingPointError(
+                        f"{e} at step {step}; stopped. Last good checkpoint: "
+                        f"{last if last else 'none (no checkpoint was written yet)'}") from None
+                metrics["train_seconds"] = time.perf_counter() - t1
+            metrics.update(step_time=time.perf_counter() - t0, lr=lr)
+            log.log(step + 1, metrics)
+            bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}",
+                            think=f"{metrics['think_len_mean']:.0f}", refresh=False)
+            done = step + 1
+            if done % cfg.save_every == 0 or done == cfg.steps or stop.set:
+                ckpt.save(ck_root, done, model, tok, {"optimizer": opt.state_dict(), "config": asdict(cfg)})
+            if stop.set:
+                print(f"\n{log_prefix}interrupted after step {done}; checkpoint saved. "
+                      f"Resume with: ponder train --resume --out {out} (same recipe/flags)")
+                raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        log.close()
+        bar.close()
+    model.eval()
+    final = save_model(model, tok, out / "model")
+    return final
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ponder train", description="GRPO on a task (R1-Zero style: no SFT needed).")
+    ap.add_argument("recipe", nargs="?", help="TOML recipe with RLConfig keys (top level or [train])")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    C.add_arguments(ap, RLConfig)
+    args = ap.parse_args(argv)
+    cfg = C.from_args(RLConfig, args, args.recipe, section="train")
+    try:
+        path = train(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    print(f"trained model: {path}")
+    return 0
