@@ -199,6 +199,12 @@ def test_entry_point_is_the_last_function_the_tests_do_not_name():
     assert infer_entry_point("x = (", TESTS) is None
 
 
+def test_tests_that_print_the_candidates_flood_still_get_a_verdict():
+    tests = "def check(candidate):\n    for _ in range(200):\n        print(candidate(1))\n    assert candidate(1) == 'x'\n"
+    solution = "def shout(n):\n    return 'y' * 100_000\n"
+    assert verify_code(solution, tests, LIMITS).status == "wrong"
+
+
 # ------------------------------------------------------------ wire format (pure, no sandbox)
 
 @pytest.mark.parametrize("value", [None, True, 0, -(1 << 20000), 2.5, float("inf"), 1 + 2j, "é\udc80", b"\x00",
@@ -300,4 +306,5 @@ def test_human_eval_canonical_solutions_pass_and_stubs_fail():
     assert not unexpected, unexpected[:5]
     assert all(v.status == "wrong" for kind, _, v in results if kind != "canonical")
     print(f"HumanEval: {len(results)} verdicts in {elapsed:.1f} s")
+
 
