@@ -176,3 +176,17 @@ def test_huge_numbers_are_wrong_without_evaluating(pool, answer):
 def test_small_towers_still_compare(pool):
     assert verify_math(r"2^{2^{2^2}}", "65536", pool=pool).ok
     assert verify_math("0", "0", pool=pool).ok
+
+
+def test_thousands_separators(pool):
+    assert verify_math(r"\boxed{1\,000\,000}", "1000000", pool=pool).ok
+    assert verify_math(r"1{,}234", "1234", pool=pool).ok
+
+
+def test_closed_pool_refuses_and_leaves_no_processes():
+    p = MathPool(workers=1)
+    procs = [w.proc for w in p._all]
+    p.close()
+    assert all(proc.poll() is not None for proc in procs)
+    with pytest.raises(RuntimeError, match="closed"):
+        p.compare("1", "1", MathConfig())
