@@ -53,8 +53,9 @@ def column_steps(p: Problem) -> list[str]:
     >>> column_steps(Problem("mul", 36, 7))
     ['6*7=42 so 2', '3*7+4=25 so 252']
     """
-    da = str(p.a)[::-1]
-    db = str(p.b)[::-1] if p.op == "add" else None
+    width = max(len(str(p.a)), len(str(p.b))) if p.op == "add" else len(str(p.a))
+    da = str(p.a).zfill(width)[::-1]
+    db = str(p.b).zfill(width)[::-1] if p.op == "add" else None
     sym = SYMBOL[p.op]
     carry, partial, lines = 0, "", []
     for i, ch in enumerate(da):

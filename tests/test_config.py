@@ -1,0 +1,51 @@
+"""Recipes and flags: unknown keys and bad values fail at once, naming the valid ones."""
+
+import pytest
+
+from ponder import config as C
+from ponder.cli import main as cli_main
+from ponder.train import RLConfig
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(C.ConfigError, match=r"unknown RLConfig key\(s\): stpes; valid keys: model, task"):
+        C.build(RLConfig, {"stpes": 3})
+
+
+def test_bad_choice_lists_choices():
+    with pytest.raises(C.ConfigError, match="choose one of: grpo, rloo"):
+        C.build(RLConfig, {"advantage": "ppo"})
+
+
+def test_wrong_type_names_field():
+    with pytest.raises(C.ConfigError, match="RLConfig.steps expects int"):
+        C.build(RLConfig, {"steps": "many"})
+
+
+def test_toml_then_cli_override(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[train]\nsteps = 7\nlr = 0.01\nscale_rewards = false\n')
+    import argparse
+    ap = argparse.ArgumentParser()
+    C.add_arguments(ap, RLConfig)
+    cfg = C.from_args(RLConfig, ap.parse_args(["--lr", "0.02"]), str(recipe), section="train")
+    assert (cfg.steps, cfg.lr, cfg.scale_rewards) == (7, 0.02, False)
+
+
+def test_invalid_combination_explains_why():
+    with pytest.raises(C.ConfigError, match="group_size must be >= 2"):
+        RLConfig(group_size=1)
+
+
+def test_cli_unknown_verb_and_help(capsys):
+    assert cli_main(["frobnicate"]) == 2
+    assert "valid verbs: quickstart" in capsys.readouterr().err
+    assert cli_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in ("quickstart", "pretrain", "train", "eval", "report"):
+        assert verb in out
+
+
+def test_cli_bad_value_is_a_clean_error(capsys, tmp_path):
+    assert cli_main(["train", "--advantage", "nope", "--out", str(tmp_path)]) == 2
+    assert "choose one of: grpo, rloo" in capsys.readouterr().err

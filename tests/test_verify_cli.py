@@ -1,0 +1,66 @@
+"""`ponder verify`: one verdict per line, exit code from the worst verdict, clear errors."""
+
+import json
+
+import pytest
+
+from ponder.config import ConfigError
+from ponder.verify import main, task_by_name
+
+
+def lines(capsys):
+    return [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def test_unknown_kind_lists_valid_kinds(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "valid kinds: math, json, code, task" in capsys.readouterr().err
+
+
+def test_math(capsys):
+    pytest.importorskip("math_verify")
+    assert main(["math", "--gold", r"\frac12", "--answer", "0.5", "--json"]) == 0
+    assert json.loads(lines(capsys)[0]) == {"score": 1.0, "status": "correct", "reason": "equivalent"}
+    assert main(["math", "--gold", "3", "--answer", "3", "--answer", r"\boxed{1} \boxed{3}"]) == 1
+    out = lines(capsys)
+    assert out[0].startswith("index=0: correct") and out[1].startswith("index=1: wrong")
+
+
+def test_math_answers_file_and_options(tmp_path, capsys):
+    pytest.importorskip("math_verify")
+    f = tmp_path / "a.jsonl"
+    f.write_text('"3.001"\n{"answer": "7", "gold": "7"}\n')
+    assert main(["math", "--gold", "3", "--answers-file", str(f), "--abs-tol", "0.01", "--json"]) == 0
+    assert [json.loads(x)["status"] for x in lines(capsys)] == ["correct", "correct"]
+    with pytest.raises(ConfigError, match="MathConfig.timeout_s"):
+        main(["math", "--gold", "3", "--answer", "3", "--timeout-s", "-1"])
+
+
+def test_json(tmp_path, capsys):
+    (tmp_path / "s.json").write_text('{"type": "object", "required": ["total"]}')
+    (tmp_path / "g.json").write_text('{"total": 3, "cur": "EUR"}')
+    args = ["json", "--schema", str(tmp_path / "s.json"), "--gold", str(tmp_path / "g.json")]
+    assert main(args + ["--answer", '{"total": 3, "cur": "EUR"}']) == 0
+    assert main(args + ["--answer", '{"total": 3, "cur": "USD"}', "--json"]) == 1
+    assert json.loads(lines(capsys)[-1])["score"] == 0.5
+    with pytest.raises(ConfigError, match="cannot read schema file"):
+        main(["json", "--schema", str(tmp_path / "missing.json"), "--answer", "{}"])
+
+
+def test_task_by_id_and_file(tmp_path, capsys):
+    task = task_by_name("arithmetic")
+    ex = task.examples("test", 1)[0]
+    assert main(["task", "--task", "arithmetic", "--id", ex.id, "--completion", f"<think></think>{ex.answer}"]) == 0
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps({"id": ex.id, "completion": "<think>x</think>"}) + "\n")
+    assert main(["task", "--task", "arithmetic", "--completions", str(f), "--json"]) == 1
+    assert json.loads(lines(capsys)[-1])["id"] == ex.id
+    with pytest.raises(ConfigError, match="no example with id"):
+        main(["task", "--task", "arithmetic", "--id", "nope", "--completion", "x", "--search", "10"])
+
+
+def test_task_names():
+    with pytest.raises(ConfigError, match="valid tasks"):
+        task_by_name("no-such-task")
+    with pytest.raises(ConfigError, match="needs --grader"):
+        task_by_name("data.jsonl")
