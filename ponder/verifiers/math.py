@@ -434,11 +434,35 @@ class MathPool:
         w.kill()
         return w if self.closed else self._spawn()  # no new processes after close()
 
+    def _borrow(self) -> _Worker:
+        """An idle worker, preferring one that has finished starting.
+
+        After a kill the replacement needs a second or more to import SymPy; the
+        next check should not wait for it while another worker sits ready.
+        """
+        w = self._idle.get()
+        if w.wait_ready(0):
+            return w
+        passed: list[_Worker] = []
+        try:
+            while True:
+                other = self._idle.get_nowait()
+                if other.wait_ready(0):
+                    for x in [w, *passed]:
+                        self._idle.put(x)
+                    return other
+                passed.append(other)
+        except queue.Empty:
+            pass
+        for x in passed:
+            self._idle.put(x)
+        return w
+
     def compare(self, gold: str, answer: str, cfg: MathConfig) -> Verdict:
         """Gold-first equivalence of two already-extracted answers, under cfg.timeout_s."""
         if self.closed:
             raise RuntimeError("MathPool is closed")
-        w = self._idle.get()
+        w = self._borrow()
         try:
             if not w.wait_ready(self.startup_timeout_s):
                 w = self._retire(w)
