@@ -190,3 +190,14 @@ def test_closed_pool_refuses_and_leaves_no_processes():
     assert all(proc.poll() is not None for proc in procs)
     with pytest.raises(RuntimeError, match="closed"):
         p.compare("1", "1", MathConfig())
+
+
+@pytest.mark.parametrize("text,want", [
+    ("**Answer:** 3", "3"),
+    ("Final Answer: The final answer is $3$. I hope it is correct.", "3"),
+    ("The answer is:\n\n$5$", "5"),
+    ("Answer: x = 2. Done", "x = 2"),
+    (r"the answer is $\frac{1}{2}$, since", r"\frac{1}{2}"),
+])
+def test_marker_forms(text, want):
+    assert extract_answer(text).text == want

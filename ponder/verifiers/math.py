@@ -98,8 +98,7 @@ def boxed_answers(text: str) -> list[str]:
     return out
 
 
-_MARKER = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is\s*:?|:|=)\s*([^\n]*)", re.IGNORECASE)
+_MARKER = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is\s*:?|:|=)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?")
 
 
@@ -113,6 +112,8 @@ def tidy(ans: str) -> str:
     for _ in range(3):
         before = ans
         ans = ans.strip().rstrip(".").strip()
+        if ans.startswith("**") != ans.endswith("**"):  # "**Answer:** 3" leaves a lone bold marker
+            ans = ans.strip("*").strip()
         for left, right in (("$$", "$$"), ("$", "$"), ("**", "**"), ("\\(", "\\)"), ("\\[", "\\]")):
             if len(ans) >= len(left) + len(right) and ans.startswith(left) and ans.endswith(right):
                 ans = ans[len(left):len(ans) - len(right)].strip()
@@ -131,6 +132,21 @@ def join_thousands(s: str) -> str:
     ('1000000', '1234', '2\\\\,x')
     """
     return _THOUSANDS.sub("", s)
+
+
+_LEADING_MATH = re.compile(r"\s*(?:\*\*)?\s*(\$\$?)(.+?)\1")
+
+
+def marker_value(rest: str) -> str:
+    """The answer in the rest of a marker line: its leading `$...$`, else up to the first sentence end.
+
+    >>> marker_value("$3$. I hope it is correct."), marker_value("** 12. Done"), marker_value("x = 2")
+    ('3', '** 12', 'x = 2')
+    """
+    m = _LEADING_MATH.match(rest)
+    if m:
+        return m.group(2)
+    return re.split(r"\.\s", rest, maxsplit=1)[0]
 
 
 def extract_answer(text: str, last_number: bool = False) -> Extracted:
@@ -154,7 +170,9 @@ def extract_answer(text: str, last_number: bool = False) -> Extracted:
         return Extracted(boxes[-1], "boxed") if boxes[-1] else Extracted(None, "empty \\boxed{}")
     markers = list(_MARKER.finditer(text))
     if markers:
-        ans = tidy(markers[-1].group(1))
+        rest = text[markers[-1].end():].lstrip(" \t*")
+        lines = [ln for ln in rest.split("\n") if ln.strip()]  # "The answer is:" may end its line
+        ans = tidy(marker_value(lines[0])) if lines else ""
         return Extracted(ans, "marker") if ans else Extracted(None, "empty answer after the marker")
     if last_number:
         nums = list(_NUMBER.finditer(text))
