@@ -45,6 +45,31 @@ def task_by_name(name: str, grader: str | None = None, **kwargs: Any) -> Task:
     return get_task(name, **kwargs)
 
 
+def verify_batch(task: Task, completions: list[str], examples: list[Example], threads: int = 8) -> list[Verdict]:
+    """Verdicts for (completion, example) pairs, in order, checked concurrently.
+
+    Threads suffice: math checks run in worker processes and code in sandboxed
+    subprocesses, so the threads only wait. A trainer can submit this to an
+    executor and keep generating while it runs. A verifier that raises gives
+    `invalid` for that pair instead of losing the batch.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ponder.verdict import invalid
+
+    if len(completions) != len(examples):
+        raise ValueError(f"{len(completions)} completions for {len(examples)} examples")
+
+    def one(pair: tuple[str, Example]) -> Verdict:
+        try:
+            return task.verify(*pair)
+        except Exception as e:  # Task.verify must not raise; if it does, mask the pair
+            return invalid(f"verify raised {type(e).__name__}: {str(e)[:200]}")
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
+        return list(ex.map(one, zip(completions, examples)))
+
+
 def format_verdict(v: Verdict, as_json: bool, **extra: Any) -> str:
     if as_json:
         return json.dumps({**extra, "score": v.score, "status": v.status, "reason": v.reason})

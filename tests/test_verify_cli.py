@@ -64,3 +64,22 @@ def test_task_names():
         task_by_name("no-such-task")
     with pytest.raises(ConfigError, match="needs --grader"):
         task_by_name("data.jsonl")
+
+
+def test_verify_batch_keeps_order_and_masks_crashes():
+    from ponder.tasks.base import Task
+    from ponder.verify import verify_batch
+
+    task = task_by_name("arithmetic")
+    exs = task.examples("train", 20)
+    comps = [f"<think></think>{e.answer if i % 2 else 0}" for i, e in enumerate(exs)]
+    assert [v.ok for v in verify_batch(task, comps, exs)] == [bool(i % 2) for i in range(20)]
+
+    class Crashy(Task):
+        def examples(self, split, n, seed=0):
+            return exs[:n]
+
+        def verify(self, completion, example):
+            raise ZeroDivisionError
+
+    assert {v.status for v in verify_batch(Crashy(), comps[:3], exs[:3])} == {"invalid"}
