@@ -79,3 +79,9 @@ def test_config_and_names_are_checked():
         ReasoningGymTask("leg_counting", no_such_option=3)
     task = ReasoningGymTask("basic_arithmetic", min_terms=2, max_terms=2)
     assert task.examples("train", 3)
+
+
+def test_long_answers_are_refused_before_the_scorer(legs):
+    ex = legs.examples("test", 1)[0]
+    v = legs.verify(done("lorem " * 1000 + ex.answer), ex)
+    assert v.status == "wrong" and "characters" in v.reason

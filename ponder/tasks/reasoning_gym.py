@@ -11,8 +11,10 @@ Scoring: the answer after `</think>` (the content of a final
 `score_answer(answer, entry)`. By default only a full 1.0 counts
 (`partial_credit=False`): many reasoning-gym scorers give 0.01 to any
 non-empty answer or string-similarity credit to an answer repeated twice,
-which a policy learns to farm. A scorer that raises or returns something
-that is not a score in [0, 1] gives `invalid`.
+which a policy learns to farm. Answers longer than `max_answer_chars`
+(default: 200 + 4 x the gold's length) are wrong before scoring. A scorer
+that raises or returns something that is not a score in [0, 1] gives
+`invalid`.
 
 Some upstream scorers accept degenerate answers outright; run
 `ponder probe rg:<dataset>` before training on one.
@@ -51,11 +53,13 @@ def _rg():
 class ReasoningGymTask(Task):
     """A reasoning-gym dataset by name; `cfg` goes to the dataset's config."""
 
-    def __init__(self, dataset_name: str, partial_credit: bool = False, **cfg: Any):
+    def __init__(self, dataset_name: str, partial_credit: bool = False, max_answer_chars: int | None = None,
+                 **cfg: Any):
         rg = _rg()
         if dataset_name not in dataset_names():
             raise ConfigError(f"unknown reasoning-gym dataset {dataset_name!r}; valid: {', '.join(dataset_names())}")
         self.dataset_name, self.partial_credit, self.cfg = dataset_name, partial_credit, dict(cfg)
+        self.max_answer_chars = max_answer_chars
         self.name = PREFIX + dataset_name
         try:
             self._scorer = rg.create_dataset(dataset_name, size=1, seed=0, **cfg)
@@ -110,6 +114,11 @@ class ReasoningGymTask(Task):
             ans = tags[-1].strip()
         if not ans:
             return wrong("empty answer")
+        limit = self.max_answer_chars or 200 + 4 * len(example.answer)
+        if len(ans) > limit:
+            # Several upstream scorers take the last number or search the text, so a
+            # long answer ending in the gold would pass; no real answer is this long.
+            return wrong(f"answer has {len(ans)} characters (limit {limit})")
         entry = example.info.get("entry")
         if entry is None:
             return invalid(f"example {example.id!r} carries no reasoning-gym entry")
