@@ -201,3 +201,10 @@ def test_closed_pool_refuses_and_leaves_no_processes():
 ])
 def test_marker_forms(text, want):
     assert extract_answer(text).text == want
+
+
+def test_last_number_fallback_refuses_candidate_lists():
+    assert extract_answer("so she has 12 apples", last_number=True).text == "12"
+    assert extract_answer("total 1,000 apples", last_number=True).text == "1,000"
+    for hedge in ("1, 2, 3", "maybe 2 or 3", "0 1 2 3", "2; 3"):
+        assert extract_answer(hedge, last_number=True).text is None, hedge

@@ -2,17 +2,20 @@
 
 Two halves:
 
-1. Extraction (pure, cheap, in the caller's process): the last `\\boxed{}` with
-   balanced braces, else an "answer:" / "the answer is" line, else the whole
-   answer text, else (opt-in) the last number. Answers that try to hedge are
-   refused here, before any parsing: several *different* boxed answers, numbers
-   separated only by spaces (LaTeX reads `1 2 3` as a sum), an empty answer,
-   an answer longer or more deeply nested than any gold answer.
+1. Extraction (pure, cheap, in the caller's process): the `\\boxed{}` answer
+   (braces balanced; repeating the same box is fine), else the value after the
+   last "answer:" / "the answer is" marker, else the whole answer text, or
+   (opt-in) the last number. Hedges are refused here, before any parsing:
+   several *different* boxed answers, numbers separated only by spaces (LaTeX
+   reads `1 2 3` as a sum), an empty answer, an answer longer or more deeply
+   nested than any gold answer.
 2. Equivalence (Math-Verify + SymPy, gold first): runs in a small pool of worker
    processes. Math-Verify's own time limit uses SIGALRM, which only works on the
    main thread, so it is switched off and the limit is enforced from outside:
    a check that overruns has its worker SIGKILLed and replaced, and the verdict
-   is `invalid` ("checker timed out") -- never a silent 0.
+   is `invalid` ("checker timed out") -- never a silent 0. Numbers too large to
+   evaluate (`9^{9^{9^9}}`, `1000000!`) are sized from the expression tree and
+   judged `wrong` against an ordinary gold without being computed.
 
 Sets, intervals and lists that merely contain the gold do not match it
 (`{1, 2, 3}` is not `2`); Math-Verify already compares them as whole objects.
@@ -100,6 +103,7 @@ def boxed_answers(text: str) -> list[str]:
 
 _MARKER = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is\s*:?|:|=)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?")
+_NUMBER_LIST = re.compile(r"\d(?:\s*[,;]\s+|\s+(?:or|and)\s+|\s+)-?\d")
 
 
 def tidy(ans: str) -> str:
@@ -175,6 +179,8 @@ def extract_answer(text: str, last_number: bool = False) -> Extracted:
         ans = tidy(marker_value(lines[0])) if lines else ""
         return Extracted(ans, "marker") if ans else Extracted(None, "empty answer after the marker")
     if last_number:
+        if _NUMBER_LIST.search(text):  # "1, 2, 3" must not count as an answer of 3
+            return Extracted(None, "a list of candidate numbers")
         nums = list(_NUMBER.finditer(text))
         if nums:
             return Extracted(nums[-1].group().replace(" ", ""), "last-number")
