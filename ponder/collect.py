@@ -1,0 +1,147 @@
+"""`ponder collect`: rejection sampling (STaR) — the traces a verifier accepts, as JSONL.
+
+For each of `prompts` problems, sample `k` completions from a model, verify
+each, and keep the accepted ones:
+
+- `keep = "all"`: every correct sample (rejection-sampling SFT data);
+- `keep = "shortest"`: the correct sample with the fewest thinking tokens
+  per prompt ("long2short" distillation data);
+- `readable = true` also drops samples that are not well formed: one
+  `<think>…</think>` block then a non-empty answer, ended by EOS, printable
+  ASCII (the tiny task's "single language").
+
+Each line carries its provenance (model and its weights' sha256, task, prompt
+id, seed, sample index, verdict), so a trace set can be traced back. The file
+is written under a temporary name and renamed when complete: a killed run
+never leaves a truncated trace file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ponder import config as C
+from ponder.config import ConfigError, check_choices, option
+from ponder.engine import Engine, Sample, SamplingParams
+from ponder.model import load_model, resolve_model_path
+from ponder.tasks import get_task
+from ponder.tasks.base import SPLITS, Example, Task, format_score
+from ponder.verdict import Verdict
+
+KEEP = ("all", "shortest")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    model: str = option("tiny", "HF model folder to sample from ('tiny' = the built-in base)")
+    task: str = option("arithmetic", "task name")
+    task_options: str = option("", "task options, 'key=value key=value'")
+    split: str = option("train", "split the prompts come from (never collect on test)", choices=SPLITS)
+    prompts: int = option(256, "number of problems")
+    k: int = option(8, "samples per problem")
+    temperature: float = option(1.0, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling")
+    max_new_tokens: int = option(128, "completion token limit")
+    keep: str = option("all", "which accepted samples to keep per problem", choices=KEEP)
+    readable: bool = option(True, "keep only well-formed <think>…</think>answer samples ended by EOS")
+    seed: int = option(0, "seed of the problems and of sampling")
+    out: str = option("runs/traces.jsonl", "JSONL file to write")
+    chunk: int = option(64, "prompts per generation batch")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("prompts", "k", "max_new_tokens", "chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def readable(sample: Sample) -> bool:
+    """Well formed: exactly one think block then an answer, ended by EOS, printable ASCII."""
+    text = sample.text
+    return (sample.finish == "eos" and format_score(text) == 1.0
+            and text.isascii() and all(c.isprintable() or c == "\n" for c in text))
+
+
+def accept(samples: list[Sample], verdicts: list[Verdict], keep: str, need_readable: bool) -> list[int]:
+    """Indices of the samples to keep from one prompt's group.
+
+    Shortest means fewest thinking tokens, then fewest tokens overall, then the
+    lowest sample index (so ties are broken deterministically).
+    """
+    ok = [i for i, (s, v) in enumerate(zip(samples, verdicts))
+          if v.status == "correct" and (readable(s) or not need_readable)]
+    if keep == "shortest" and ok:
+        return [min(ok, key=lambda i: (samples[i].thinking_tokens, len(samples[i].ids), i))]
+    return ok
+
+
+def trace_row(ex: Example, s: Sample, v: Verdict, cfg: CollectConfig, model_sha: str) -> dict:
+    return {"prompt": ex.prompt, "completion": s.text, "prompt_id": ex.id, "answer": ex.answer,
+            "sample_index": s.sample_index, "thinking_tokens": s.thinking_tokens, "finish": s.finish,
+            "verdict": {"score": v.score, "status": v.status, "reason": v.reason},
+            "model": cfg.model, "model_sha256": model_sha, "task": cfg.task,
+            "task_options": cfg.task_options, "split": cfg.split, "seed": cfg.seed}
+
+
+def collect(cfg: CollectConfig) -> dict:
+    """Write the accepted traces to `cfg.out`; returns statistics of the collection."""
+    import torch
+    from ponder.sft import sha256_file
+    from ponder.train import parse_task_options
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task: Task = get_task(cfg.task, **parse_task_options(cfg.task_options))
+    model, tok = load_model(cfg.model)
+    weights = resolve_model_path(cfg.model) / "model.safetensors"
+    model_sha = sha256_file(weights) if weights.is_file() else ""
+    engine = Engine(model, tok)
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    examples = task.examples(cfg.split, cfg.prompts, seed=cfg.seed)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    n_samples = n_correct = n_kept = solved = kept_think = 0
+    with tmp.open("w") as f:
+        for start in range(0, len(examples), cfg.chunk):
+            chunk = examples[start:start + cfg.chunk]
+            groups = engine.generate([e.prompt for e in chunk], cfg.k, params, seed=cfg.seed * 7_919 + start)
+            for ex, group in zip(chunk, groups):
+                verdicts = [task.verify(s.text, ex) for s in group]
+                kept = accept(group, verdicts, cfg.keep, cfg.readable)
+                n_samples += len(group)
+                n_correct += sum(v.status == "correct" for v in verdicts)
+                solved += bool(kept)
+                n_kept += len(kept)
+                for i in kept:
+                    kept_think += group[i].thinking_tokens
+                    f.write(json.dumps(trace_row(ex, group[i], verdicts[i], cfg, model_sha)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if n_kept == 0:
+        tmp.unlink()
+        raise ConfigError(f"collect: none of {n_samples} samples from {cfg.model!r} was accepted "
+                          f"(keep={cfg.keep}, readable={cfg.readable}); nothing to train on")
+    os.replace(tmp, out)
+    stats = {"prompts": len(examples), "samples": n_samples, "correct_frac": n_correct / n_samples,
+             "prompts_solved_frac": solved / len(examples), "kept": n_kept,
+             "kept_mean_thinking_tokens": kept_think / n_kept, "out": str(out), "sha256": sha256_file(out)}
+    out.with_name(out.name + ".stats.json").write_text(json.dumps({"config": asdict(cfg), **stats}, indent=1))
+    return stats
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ponder collect", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", nargs="?", help="TOML recipe with CollectConfig keys (top level or [collect])")
+    C.add_arguments(ap, CollectConfig)
+    args = ap.parse_args(argv)
+    stats = collect(C.from_args(CollectConfig, args, args.recipe, section="collect"))
+    print(f"kept {stats['kept']} traces from {stats['samples']} samples "
+          f"({stats['prompts_solved_frac']:.0%} of {stats['prompts']} prompts solved, "
+          f"mean thinking tokens {stats['kept_mean_thinking_tokens']:.1f}) -> {stats['out']}")
+    return 0

@@ -1,0 +1,82 @@
+"""Rejection sampling: which samples are kept, provenance of each trace, determinism, atomic output."""
+
+import json
+
+import pytest
+
+from ponder.collect import CollectConfig, accept, collect, readable
+from ponder.config import ConfigError
+from ponder.engine import Sample
+from ponder.sft import read_traces, sha256_file
+from ponder.tasks import TASKS
+from ponder.verdict import correct, wrong
+from tests.r1_fixtures import AnyTask, small_model
+
+
+def _sample(text, think, finish="eos", j=0):
+    return Sample(prompt_index=0, sample_index=j, prompt_ids=(1,), ids=tuple(range(len(text) + 1)), text=text,
+                  finish=finish, thinking_tokens=think, answer_tokens=1)
+
+
+def test_readability_filter():
+    assert readable(_sample("<think>1+2=3</think>3", 5))
+    assert not readable(_sample("<think>1+2=3</think>3", 5, finish="length"))  # cut off, not ended by EOS
+    assert not readable(_sample("3", 0))  # no thinking block
+    assert not readable(_sample("<think>a</think><think>b</think>3", 3))  # two blocks
+    assert not readable(_sample("<think>\u00e9\u4e00</think>3", 2))  # not the task's language
+
+
+def test_accept_all_and_shortest():
+    group = [_sample("<think>aaaa</think>7", 4, j=0), _sample("<think>a</think>7", 1, j=1),
+             _sample("<think></think>9", 0, j=2), _sample("7", 0, j=3), _sample("<think>b</think>7", 1, j=4)]
+    verdicts = [correct(), correct(), wrong("9"), correct(), correct()]
+    assert accept(group, verdicts, "all", need_readable=True) == [0, 1, 4]
+    assert accept(group, verdicts, "all", need_readable=False) == [0, 1, 3, 4]
+    assert accept(group, verdicts, "shortest", need_readable=True) == [1]  # tie on length: lowest index
+    assert accept(group, verdicts, "shortest", need_readable=False) == [3]
+    assert accept(group, [wrong("x")] * 5, "shortest", need_readable=True) == []
+
+
+@pytest.fixture
+def model(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "any", AnyTask)
+    return small_model(tmp_path / "m")
+
+
+def _cfg(model, out, **kw):
+    base = dict(model=model, task="any", prompts=6, k=3, max_new_tokens=6, readable=False, out=str(out), seed=1)
+    base.update(kw)
+    return CollectConfig(**base)
+
+
+def test_collect_writes_traces_with_provenance(model, tmp_path):
+    stats = collect(_cfg(model, tmp_path / "all.jsonl"))
+    rows = [json.loads(l) for l in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert stats["kept"] == len(rows) == 18 and stats["correct_frac"] == 1.0
+    assert {r["prompt_id"] for r in rows} == {f"train-1-{i}" for i in range(6)}
+    r = rows[0]
+    assert r["model"] == model and len(r["model_sha256"]) == 64 and r["seed"] == 1 and r["task"] == "any"
+    assert r["verdict"] == {"score": 1.0, "status": "correct", "reason": "anything goes"}
+    assert len(read_traces(tmp_path / "all.jsonl")) == 18  # SFT reads what collect writes
+    assert not (tmp_path / "all.jsonl.tmp").exists()
+    # same seed, same traces; shortest keeps one per prompt, with the fewest thinking tokens
+    collect(_cfg(model, tmp_path / "again.jsonl"))
+    assert sha256_file(tmp_path / "again.jsonl") == stats["sha256"]
+    collect(_cfg(model, tmp_path / "short.jsonl", keep="shortest"))
+    short = [json.loads(l) for l in (tmp_path / "short.jsonl").read_text().splitlines()]
+    assert len(short) == 6
+    for s in short:
+        group = [r["thinking_tokens"] for r in rows if r["prompt_id"] == s["prompt_id"]]
+        assert s["thinking_tokens"] == min(group)
+
+
+def test_nothing_accepted_fails_and_writes_nothing(model, tmp_path):
+    # a random model never writes a well-formed <think>…</think>answer
+    with pytest.raises(ConfigError, match="none of 18 samples .* was accepted"):
+        collect(_cfg(model, tmp_path / "none.jsonl", readable=True))
+    assert list(tmp_path.glob("none.jsonl*")) == []
+
+
+def test_config_refuses_unknown_keep():
+    with pytest.raises(ConfigError, match="keep = 'longest' is not valid; choose one of: all, shortest"):
+        CollectConfig(keep="longest")
