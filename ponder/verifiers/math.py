@@ -437,6 +437,10 @@ class MathPool:
                  startup_timeout_s: float = 120.0):
         if workers < 1:
             raise ConfigError(f"MathPool needs at least 1 worker, got {workers}")
+        import importlib.util
+
+        if importlib.util.find_spec("math_verify") is None:
+            raise ConfigError("math verification needs the math-verify package (pip install math-verify)")
         self.workers, self.memory_mb, self.max_tasks = workers, memory_mb, max_tasks
         self.startup_timeout_s = startup_timeout_s
         self._idle: queue.Queue[_Worker] = queue.Queue()
