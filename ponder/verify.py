@@ -4,7 +4,7 @@
     ponder verify math --gold 42 --answers-file answers.txt --json
     ponder verify json --schema invoice.schema.json --gold gold.json --answer '{"total": 3}'
     ponder verify code --solution sol.py --tests tests.py
-    ponder verify task --task arithmetic --id 'add:12+34' --completion '<think>…</think>46'
+    ponder verify task --task arithmetic --id 'add:99+45' --completion '<think>…</think>144'
     ponder verify task --task data.jsonl --grader grader.toml --completions completions.jsonl
 
 Exit status: 0 when every verdict is correct, 1 when any is wrong, 2 when
