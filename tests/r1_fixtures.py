@@ -39,3 +39,16 @@ class AnyTask(Task):
 
     def verify(self, completion, example):
         return Verdict(1.0, "correct", "anything goes")
+
+
+class DigitsTask(Task):
+    """Reward = share of digits in the completion: graded, so a random model gets a learning signal."""
+
+    name = "digits"
+
+    def examples(self, split, n, seed=0):
+        return [Example(id=f"{split}{seed}-{i}", prompt=f"{i % 7}:", answer="") for i in range(n)]
+
+    def verify(self, completion, example):
+        share = sum(c.isdigit() for c in completion) / max(1, len(completion))
+        return Verdict(share, "correct" if share >= 0.5 else "wrong", f"{share:.2f} digits")

@@ -10,7 +10,7 @@ from ponder.engine import Sample
 from ponder.sft import read_traces, sha256_file
 from ponder.tasks import TASKS
 from ponder.verdict import correct, wrong
-from tests.r1_fixtures import AnyTask, small_model
+from r1_fixtures import AnyTask, small_model
 
 
 def _sample(text, think, finish="eos", j=0):

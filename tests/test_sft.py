@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ponder import sft as S
 from ponder.config import ConfigError
 from ponder.sft import SFTConfig, TraceFileError, batch_indices, collate, sft, sft_loss
-from tests.r1_fixtures import small_model, write_traces
+from r1_fixtures import small_model, write_traces
 
 
 def _cfg(model, data, out, **kw):
