@@ -28,7 +28,7 @@ class PretrainConfig:
     out: str = option(str(BUILTIN_BASE), "folder to write the HF model to")
     steps: int = option(6000, "optimizer steps")
     batch_size: int = option(64, "documents per step")
-    lr: float = option(3e-3, "peak learning rate (AdamW), cosine decay to 10%")
+    lr: float = option(1e-3, "peak learning rate (AdamW), cosine decay to 10%")
     warmup: int = option(200, "linear warm-up steps")
     weight_decay: float = option(0.01, "AdamW weight decay")
     seed: int = option(0, "seed for weights and corpus")
@@ -41,6 +41,7 @@ class PretrainConfig:
     max_digits: int = option(5, "most digits in a corpus problem")
     save_every: int = option(500, "also save the model every N steps (so a crash loses little)")
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    row_tokens: int = option(256, "documents are packed into rows of at most this many tokens")
 
     def __post_init__(self):
         check_choices(self)
@@ -73,19 +74,44 @@ def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
 
 
-def length_bucketed(stream, batch_size: int, pool: int = 32):
-    """Batches of similar-length documents, so little compute goes to padding.
+def pack_documents(tok, docs: list[str], row_tokens: int):
+    """Pack whole documents into rows, each attending only within its own document.
 
-    Draws `pool` batches' worth of documents, sorts them by length, and yields
-    the chunks in a shuffled order (deterministic: the shuffle is seeded by the stream).
+    Returns ids (R, L), targets (R, L) with -100 where no loss applies, positions
+    (R, L) restarting at 0 for each document, and a block-diagonal causal mask
+    (R, 1, L, L). Mathematically the same as one padded row per document (tested),
+    without spending compute on padding: documents here vary from ~10 to ~100 tokens.
     """
-    import random
-    rng = random.Random(0)
-    while True:
-        docs = sorted((next(stream) for _ in range(batch_size * pool)), key=len)
-        chunks = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
-        rng.shuffle(chunks)
-        yield from chunks
+    encoded = [tok(d)["input_ids"] + [tok.eos_token_id] for d in docs]
+    rows: list[list[list[int]]] = [[]]
+    for e in encoded:
+        if rows[-1] and sum(map(len, rows[-1])) + len(e) > row_tokens:
+            rows.append([])
+        rows[-1].append(e[:row_tokens])
+    L = max(sum(map(len, r)) for r in rows)
+    R = len(rows)
+    ids = torch.full((R, L), tok.pad_token_id, dtype=torch.long)
+    targets = torch.full((R, L), -100, dtype=torch.long)
+    pos = torch.zeros((R, L), dtype=torch.long)
+    seg = torch.full((R, L), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        at = 0
+        for j, e in enumerate(row):
+            n = len(e)
+            ids[i, at:at + n] = torch.tensor(e)
+            targets[i, at:at + n - 1] = torch.tensor(e[1:])
+            pos[i, at:at + n] = torch.arange(n)
+            seg[i, at:at + n] = j
+            at += n
+    causal = torch.ones((L, L), dtype=torch.bool).tril()
+    mask = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0) & causal
+    mask |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no NaN); they carry no loss
+    return ids, targets, pos, mask.unsqueeze(1)
+
+
+def packed_loss(model, ids, targets, pos, mask) -> torch.Tensor:
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (R, L, V)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -96,7 +122,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model, tok = new_tiny(mcfg, seed=cfg.seed)
     model.train()
     mix = CorpusMix(p_direct=cfg.p_direct, p_partial=cfg.p_partial, p_check=cfg.p_check, max_digits=cfg.max_digits)
-    batches = length_bucketed(documents(mix, cfg.seed), cfg.batch_size)
+    stream = documents(mix, cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -106,8 +132,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        ids, mask = encode_batch(tok, next(batches))
-        loss = lm_loss(model, ids, mask)
+        batch = pack_documents(tok, [next(stream) for _ in range(cfg.batch_size)], cfg.row_tokens)
+        loss = packed_loss(model, *batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; nothing was saved")
         opt.zero_grad(set_to_none=True)
