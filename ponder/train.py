@@ -321,12 +321,24 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="ponder train", description="GRPO on a task (R1-Zero style: no SFT needed).")
+    # A recipe with `kind = "sft"` at the top level is an SFT stage; anything else is RL.
+    recipe = next((a for a in argv if a.endswith(".toml") and Path(a).is_file()), None)
+    kind = C.load_toml(recipe).get("kind", "rl") if recipe else "rl"
+    if kind not in ("rl", "sft"):
+        raise ConfigError(f"recipe {recipe!r}: kind = {kind!r} is not valid for `ponder train`; choose one of: rl, sft")
+    if kind == "sft":
+        from ponder.sft import main as sft_main
+        return sft_main(argv)
+    ap = argparse.ArgumentParser(prog="ponder train", description="GRPO on a task (R1-Zero style: no SFT needed); "
+                                 "a recipe with kind = \"sft\" runs `ponder sft` instead.")
     ap.add_argument("recipe", nargs="?", help="TOML recipe with RLConfig keys (top level or [train])")
     ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     C.add_arguments(ap, RLConfig)
     args = ap.parse_args(argv)
-    cfg = C.from_args(RLConfig, args, args.recipe, section="train")
+    values = C.load_toml(args.recipe, section="train") if args.recipe else {}
+    values.pop("kind", None)
+    values.update({f: getattr(args, f) for f in RLConfig.__dataclass_fields__ if getattr(args, f) is not None})
+    cfg = C.build(RLConfig, values)
     try:
         path = train(cfg, resume=args.resume)
     except KeyboardInterrupt:

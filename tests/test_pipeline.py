@@ -1,0 +1,125 @@
+"""`ponder pipeline` on a toy 3-stage recipe: manifests, skipping, --from, resume, lineage, summary."""
+
+import json
+
+import pytest
+
+from ponder.cli import main as cli
+from ponder.config import ConfigError
+from ponder.pipeline import lineage, run_pipeline
+from ponder.tasks import TASKS
+from r1_fixtures import AnyTask, small_model
+
+RECIPE = """
+[pipeline]
+task = "any"
+eval_problems = 3
+max_new_tokens = 6
+threads = 1
+progress = false
+
+[[stage]]
+name = "rl"
+kind = "rl"
+model = "{model}"
+steps = 2
+prompts_per_step = 2
+group_size = 2
+save_every = 1
+track_kl = false
+tensorboard = false
+
+[[stage]]
+name = "collect"
+kind = "collect"
+model = "@rl"
+prompts = 4
+k = 2
+readable = false
+
+[[stage]]
+name = "sft"
+kind = "sft"
+model = "@rl"
+data = "@collect"
+epochs = {epochs}
+batch_size = 4
+save_every = 1
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "any", AnyTask)
+    model = small_model(tmp_path / "base")
+
+    def write(epochs=1, text=RECIPE):
+        p = tmp_path / "r.toml"
+        p.write_text(text.format(model=model, epochs=epochs))
+        return p
+    return write
+
+
+def _mtimes(out):
+    return {s: (out / s / "manifest.json").stat().st_mtime_ns for s in ("rl", "collect", "sft")}
+
+
+def test_run_skip_from_and_config_change(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_pipeline(recipe(), out) == {"rl": "ran", "collect": "ran", "sft": "ran"}
+    m = json.loads((out / "sft" / "manifest.json").read_text())
+    assert m["inputs"]["parent"]["model"] == str(out / "rl" / "model")
+    assert m["inputs"]["parent"]["sha256"] == json.loads((out / "rl" / "manifest.json").read_text())["outputs"][0]["sha256"]
+    assert m["inputs"]["data"][0]["path"] == str(out / "collect" / "traces.jsonl")
+    assert len(m["inputs"]["data"][0]["sha256"]) == 64 and m["config"]["epochs"] == 1
+    assert m["held_out"]["summary"]["accuracy"] == 1.0 and m["metrics"]["step"] == 2 and "git_commit" in m
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["rl", "collect", "sft"]
+    assert summary["teacher"]["stage"] == "rl" and summary["teacher"]["params"] > 0
+    assert summary["stages"][0]["mean_thinking_tokens"] is not None
+
+    before = _mtimes(out)
+    assert run_pipeline(recipe(), out) == {"rl": "skipped", "collect": "skipped", "sft": "skipped"}
+    assert _mtimes(out) == before
+
+    assert cli(["pipeline", str(recipe()), "--out", str(out), "--from", "collect"]) == 0
+    after = _mtimes(out)
+    assert after["rl"] == before["rl"] and after["collect"] > before["collect"] and after["sft"] > before["sft"]
+
+    # a changed stage reruns; stages before it are untouched
+    assert run_pipeline(recipe(epochs=2), out) == {"rl": "skipped", "collect": "skipped", "sft": "ran"}
+    assert json.loads((out / "sft" / "manifest.json").read_text())["metrics"]["step"] == 4
+
+    assert cli(["lineage", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "sft (sft) <- model rl [" in text and f"data {out / 'collect' / 'traces.jsonl'} [" in text
+    assert "collect (collect) <- model rl" in text and "kept 8 traces of 8 samples" in text
+
+
+def test_unfinished_stage_resumes_from_its_checkpoint(recipe, tmp_path):
+    out = tmp_path / "run"
+    run_pipeline(recipe(epochs=2), out)
+    weights = (out / "sft" / "model" / "model.safetensors").read_bytes()
+    # as if killed after the sft stage's step-3 checkpoint: no manifest, no model, no step-4
+    import shutil
+    (out / "sft" / "manifest.json").unlink()
+    shutil.rmtree(out / "sft" / "model")
+    shutil.rmtree(out / "sft" / "checkpoints" / "step-000004")
+    assert "sft: not finished (resumable from step-000003)" in lineage(out)
+    assert run_pipeline(recipe(epochs=2), out)["sft"] == "ran"
+    assert json.loads((out / "sft" / "manifest.json").read_text())["resumed"] is True
+    assert (out / "sft" / "model" / "model.safetensors").read_bytes() == weights
+
+
+def test_recipe_errors_name_the_problem(recipe, tmp_path):
+    with pytest.raises(ConfigError, match="--from 'nope' is not a stage .* valid: rl, collect, sft"):
+        run_pipeline(recipe(), tmp_path / "o", from_stage="nope")
+    bad = RECIPE.replace('data = "@collect"', 'data = "@rl"')
+    with pytest.raises(ConfigError, match="stage 'sft' \\(sft\\): data '@rl' must name an earlier collect stage; valid: @collect"):
+        run_pipeline(recipe(text=bad), tmp_path / "o")
+    bad = RECIPE.replace('kind = "collect"', 'kind = "gather"')
+    with pytest.raises(ConfigError, match="kind 'gather' is not valid; choose one of: rl, collect, sft, distill, eval"):
+        run_pipeline(recipe(text=bad), tmp_path / "o")
+    bad = RECIPE.replace("prompts = 4", "prompt = 4")
+    with pytest.raises(ConfigError, match="stage 'collect' \\(collect\\): unknown CollectConfig key\\(s\\): prompt"):
+        run_pipeline(recipe(text=bad), tmp_path / "o")
