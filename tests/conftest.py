@@ -1,12 +1,13 @@
 import pytest
-import torch
-
-from ponder.model import TinyModelConfig, new_tiny
 
 
 @pytest.fixture(scope="session")
 def tiny():
     """A randomly initialised, very small Llama model and the char tokenizer (seconds to build)."""
+    import torch
+
+    from ponder.model import TinyModelConfig, new_tiny
+
     torch.manual_seed(0)
     model, tok = new_tiny(TinyModelConfig(hidden_size=32, layers=2, heads=2, mlp_ratio=2), seed=0)
     model.eval()

@@ -22,8 +22,12 @@ TASKS: dict[str, Callable[..., Task]] = {
 
 
 def get_task(name: str, **kwargs) -> Task:
+    """A built-in task, `rg:<dataset>` for a reasoning-gym dataset, or a `.jsonl` file (with a grader)."""
+    if name.startswith("rg:"):
+        from ponder.tasks.reasoning_gym import reasoning_gym_task
+        return reasoning_gym_task(name, **kwargs)
     if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}, or rg:<reasoning-gym dataset>")
     factory = TASKS[name]
     params = inspect.signature(factory).parameters
     bad = sorted(set(kwargs) - set(params))

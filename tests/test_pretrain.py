@@ -1,0 +1,53 @@
+"""Pretraining corpus and packing: honest documents, and packing is exact."""
+
+import random
+
+import pytest
+import torch
+
+from ponder.corpus import CorpusMix, document, documents, solution
+from ponder.model import TinyModelConfig, new_tiny
+from ponder.pretrain import encode_batch, lm_loss, pack_documents, packed_loss
+from ponder.tasks import get_task
+from ponder.tasks.arithmetic import Problem
+from ponder.tasks.base import split_of
+
+
+def test_every_corpus_answer_is_correct_and_from_the_train_split():
+    task = get_task("arithmetic")
+    gen = documents(CorpusMix(), seed=0)
+    styles = set()
+    for _ in range(500):
+        doc = next(gen)
+        prompt, completion = doc.split("\n", 1)
+        problem = prompt[:-2]  # strip "=?"
+        assert split_of(problem) == "train"
+        op = "add" if "+" in problem else "mul"
+        a, b = map(int, problem.replace("*", "+").split("+"))
+        from ponder.tasks.base import Example
+        ex = Example(id=problem, prompt=prompt + "\n", answer=str(a + b if op == "add" else a * b))
+        assert task.verify(completion, ex).ok, doc
+        styles.add("direct" if completion.startswith("<think></think>") else
+                   "check" if "check:" in completion else "think")
+    assert styles == {"direct", "think", "check"}
+
+
+def test_solution_styles():
+    p = Problem("add", 4821, 3957)
+    assert solution(p, "direct") == "<think></think>8778"
+    assert solution(p, "full", check=True).count("\n") == 5
+    with pytest.raises(ValueError, match="valid: direct, partial, full"):
+        solution(p, "verbose")
+
+
+def test_packed_loss_equals_padded_loss():
+    model, tok = new_tiny(TinyModelConfig(hidden_size=32, layers=2, heads=2, mlp_ratio=2), seed=0)
+    rng = random.Random(0)
+    gen = documents(CorpusMix(), seed=1)
+    docs = [next(gen) for _ in range(12)]
+    packed = pack_documents(tok, docs, row_tokens=128)
+    assert packed[0].size(0) < len(docs)  # several documents share a row
+    with torch.no_grad():
+        a = packed_loss(model, *packed)
+        b = lm_loss(model, *encode_batch(tok, docs))
+    assert abs(a.item() - b.item()) < 1e-5
