@@ -8,7 +8,9 @@ kind's config keys:
     rl        RLConfig        model/ (+ checkpoints, metrics.jsonl)
     collect   CollectConfig   traces.jsonl
     sft       SFTConfig       model/
-    distill   SFTConfig       model/ (a fresh student: `student` is required)
+    distill   SFTConfig       model/ (a smaller student: a fresh one from `student`,
+                              or `model = "@NAME"` of a pretrain stage)
+    pretrain  PretrainConfig  model/ (e.g. a small base for a student)
     eval      EvalConfig      eval.json
 
 `model = "@NAME"` starts from an earlier stage's model (an eval stage stands
@@ -42,11 +44,13 @@ from ponder.collect import CollectConfig, collect
 from ponder.config import ConfigError, check_choices, option
 from ponder.evaluate import EvalConfig, evaluate
 from ponder.model import count_params, load_model, resolve_model_path
+from ponder.pretrain import PretrainConfig, pretrain
 from ponder.sft import SFTConfig, sft, sha256_file
 from ponder.train import RLConfig, parse_task_options, train
 
-KINDS = {"rl": RLConfig, "collect": CollectConfig, "sft": SFTConfig, "distill": SFTConfig, "eval": EvalConfig}
-MAKES_MODEL = ("rl", "sft", "distill")
+KINDS = {"rl": RLConfig, "collect": CollectConfig, "sft": SFTConfig, "distill": SFTConfig,
+         "pretrain": PretrainConfig, "eval": EvalConfig}
+MAKES_MODEL = ("rl", "sft", "distill", "pretrain")
 MANIFEST = "manifest.json"
 SHARED = ("task", "task_options", "seed", "max_new_tokens", "threads", "progress")  # [pipeline] keys stages inherit
 
@@ -84,6 +88,8 @@ class Stage:
         """The model this stage stands for in `@NAME` references."""
         if self.kind == "eval":
             return self.config.model
+        if self.kind == "pretrain":
+            return self.config.out
         return str(Path(self.config.out) / "model")
 
 
@@ -119,7 +125,7 @@ def resolve(pc: PipelineConfig, raw: list[dict], out: Path) -> list[Stage]:
         own = {f.name for f in fields(cls)}
         values = {k: getattr(pc, k) for k in SHARED if k in own}
         values.update(table)
-        values["out"] = str(out / name / {"collect": "traces.jsonl", "eval": "eval.json"}.get(kind, ""))
+        values["out"] = str(out / name / {"collect": "traces.jsonl", "eval": "eval.json", "pretrain": "model"}.get(kind, ""))
         parent = ""
         if "model" in own:
             values["model"] = _model_ref(values.get("model", "tiny"), done, where)
@@ -134,9 +140,11 @@ def resolve(pc: PipelineConfig, raw: list[dict], out: Path) -> list[Stage]:
                 raise ConfigError(f"{where}: needs data = \"@COLLECT_STAGE\" (or a JSONL trace file)")
             values["data"] = ",".join(data)
         if kind == "distill":
-            if not values.get("student"):
-                raise ConfigError(f"{where}: a distill stage needs student = 'hidden_size=.. layers=..'")
-            parent = ""
+            if not table.get("student") and "model" not in table:
+                raise ConfigError(f"{where}: a distill stage needs its student: student = 'hidden_size=.. layers=..' "
+                                  f"(fresh) or model = \"@PRETRAIN_STAGE\"")
+            if table.get("student"):
+                parent = ""
         try:
             cfg = C.build(cls, values)
         except ConfigError as e:
@@ -267,6 +275,8 @@ def run_stage(stage: Stage, pc: PipelineConfig, stage_dir: Path) -> dict:
     elif stage.kind == "collect":
         metrics = collect(stage.config)
         outputs.append(stage.config.out)
+    elif stage.kind == "pretrain":
+        outputs.append(str(pretrain(stage.config)))
     held_out = None
     if stage.kind in MAKES_MODEL or stage.kind == "eval":
         held_out = _held_out(stage, pc, stage.model_out, stage_dir)

@@ -118,8 +118,71 @@ def test_recipe_errors_name_the_problem(recipe, tmp_path):
     with pytest.raises(ConfigError, match="stage 'sft' \\(sft\\): data '@rl' must name an earlier collect stage; valid: @collect"):
         run_pipeline(recipe(text=bad), tmp_path / "o")
     bad = RECIPE.replace('kind = "collect"', 'kind = "gather"')
-    with pytest.raises(ConfigError, match="kind 'gather' is not valid; choose one of: rl, collect, sft, distill, eval"):
+    with pytest.raises(ConfigError, match="kind 'gather' is not valid; choose one of: rl, collect, sft, distill, pretrain, eval"):
         run_pipeline(recipe(text=bad), tmp_path / "o")
     bad = RECIPE.replace("prompts = 4", "prompt = 4")
     with pytest.raises(ConfigError, match="stage 'collect' \\(collect\\): unknown CollectConfig key\\(s\\): prompt"):
+        run_pipeline(recipe(text=bad), tmp_path / "o")
+
+
+DISTILL = """
+[pipeline]
+task = "any"
+eval_problems = 3
+max_new_tokens = 6
+threads = 1
+progress = false
+teacher = "teacher"
+
+[[stage]]
+name = "teacher"
+kind = "eval"
+model = "{model}"
+
+[[stage]]
+name = "traces"
+kind = "collect"
+model = "@teacher"
+prompts = 4
+k = 2
+readable = false
+keep = "shortest"
+
+[[stage]]
+name = "small_base"
+kind = "pretrain"
+steps = 2
+batch_size = 2
+hidden_size = 16
+layers = 1
+heads = 2
+
+[[stage]]
+name = "fresh"
+kind = "distill"
+student = "hidden_size=16 layers=1 heads=2 mlp_ratio=2"
+data = "@traces"
+epochs = 1
+
+[[stage]]
+name = "student"
+kind = "distill"
+model = "@small_base"
+data = "@traces"
+epochs = 1
+"""
+
+
+def test_distill_from_fresh_and_pretrained_students(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert set(run_pipeline(recipe(text=DISTILL), out).values()) == {"ran"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teacher"] == {"stage": "teacher", "params": 13_568, "accuracy": 1.0}
+    assert summary["student"]["stage"] == "student" and summary["student_param_ratio"] < 0.5
+    assert summary["student_accuracy_retention"] == 1.0
+    text = lineage(out)
+    assert "fresh (distill) <- fresh student (hidden_size=16" in text
+    assert "student (distill) <- model small_base [" in text
+    bad = DISTILL.replace('student = "hidden_size=16 layers=1 heads=2 mlp_ratio=2"\n', "")
+    with pytest.raises(ConfigError, match="stage 'fresh' \\(distill\\): a distill stage needs its student"):
         run_pipeline(recipe(text=bad), tmp_path / "o")
