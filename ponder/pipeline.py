@@ -381,8 +381,6 @@ def lineage(run_dir: str | Path) -> str:
             last = ckpt.latest(run_dir / name / "checkpoints")
             lines.append(f"{name}: not finished" + (f" (resumable from {last.name})" if last else ""))
             continue
-        if m.get("model"):
-            models.setdefault(m["model"], name)
         parent = m["inputs"]["parent"]
         src = []
         if parent:
@@ -390,6 +388,8 @@ def lineage(run_dir: str | Path) -> str:
         elif m["kind"] == "distill":
             src.append(f"fresh student ({m['config']['student']})")
         src += [f"data {d['path']} [{d['sha256'][:10]}]" for d in m["inputs"]["data"]]
+        if m.get("model"):
+            models.setdefault(m["model"], name)  # after naming the parent: an eval stage's parent is its own model
         line = f"{name} ({m['kind']}) <- " + (", ".join(src) or "-")
         h = m.get("held_out")
         if h:
