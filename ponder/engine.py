@@ -14,6 +14,10 @@ prompt. How it works, and why:
 3. Rows that finish (EOS, a stop string, or their token limit) leave the
    batch: their cache rows are dropped, so no compute is spent decoding
    finished sequences (HF `generate` keeps decoding them).
+4. A thinking budget (`SamplingParams.thinking_budget`, see `ponder.budget`)
+   is enforced per row inside the loop: a `ThinkingForcer` may replace the
+   sampled token (`</think>` at the cap, "Wait" below the minimum), and the
+   token fed back to the model is the one emitted.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ponder.budget import ThinkingForcer, check_budget, row_cap
 from ponder.config import ConfigError
 from ponder.decoder import Decoder, supports
 from ponder.tasks.base import THINK_CLOSE, THINK_OPEN, thinking_text
@@ -35,6 +40,11 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0  # nucleus sampling; 1.0 keeps the full distribution
     stop: tuple[str, ...] = ()  # stop when the completion's text ends with one of these
+    thinking_budget: int | None = None  # None: no control; -1 adaptive; 0 no thinking; N: cap (ponder.budget)
+    min_thinking: int = 0  # below this many thinking tokens an early </think> becomes `wait_text` (s1)
+    answer_reserve: int = 16  # with a budget, tokens of the limit kept for the answer
+    answer_prefix: str = ""  # forced right after a </think> the engine forces or the model emits
+    wait_text: str = "Wait"  # what replaces an early </think>
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -43,6 +53,12 @@ class SamplingParams:
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not (0 < self.top_p <= 1):
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.thinking_budget is not None or self.min_thinking:
+            check_budget(self.thinking_budget, self.min_thinking, self.answer_reserve, self.max_new_tokens)
+
+    @property
+    def controls_thinking(self) -> bool:
+        return self.thinking_budget is not None or self.min_thinking > 0
 
 
 @dataclass(frozen=True)
@@ -159,15 +175,23 @@ class Engine:
             g = torch.Generator().manual_seed(seeds[r // n][r % n])
             u[r] = torch.rand(T_new, generator=g)
         row_limit = [lim for lim in limits for _ in range(n)]
+        forcers = self._forcers(prompt_ids, n, params, row_limit) if params.controls_thinking else None
         generated: list[list[int]] = [[] for _ in range(B)]
         finish = ["length"] * B
         rows = torch.arange(B)  # original row of each batch row still in the cache
         live = torch.ones(B, dtype=torch.bool)  # batch rows still generating
         calls = 1
         for t in range(T_new):
+            if forcers is not None:  # e.g. no EOS right after </think>: the answer is never empty
+                for k, r in enumerate(rows.tolist()):
+                    if ban := forcers[r].banned():
+                        logits[k, list(ban)] = -float("inf")
             tokens = pick_tokens(logits, u[rows, t], params.temperature, params.top_p)  # (R,)
             for k in live.nonzero().flatten().tolist():
                 r, tk = int(rows[k]), int(tokens[k])
+                if forcers is not None:
+                    tk = forcers[r].next(tk)
+                    tokens[k] = tk  # the model sees the forced token, not the sampled one
                 generated[r].append(tk)
                 if tk == self.eos_id:
                     finish[r] = "eos"
@@ -200,6 +224,23 @@ class Engine:
         return _HFBackend(self.model)
 
     # -- helpers -----------------------------------------------------------------
+    def _forcers(self, prompt_ids, n, params: SamplingParams, row_limit: list[int]) -> list[ThinkingForcer]:
+        """One budget-forcing state machine per row (see `ponder.budget`)."""
+        open_id, close_id = self.think_ids
+        if open_id is None or close_id is None:
+            raise ConfigError("thinking budgets need a tokenizer with single <think> and </think> tokens")
+        enc = lambda text: self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+        wait, prefix = enc(params.wait_text), enc(params.answer_prefix)
+        budget = -1 if params.thinking_budget is None else params.thinking_budget
+        out = []
+        for r, limit in enumerate(row_limit):
+            p = prompt_ids[r // n]
+            # A chat template may already have opened the thinking in the prompt.
+            opened = open_id in p and (close_id not in p or p[::-1].index(open_id) < p[::-1].index(close_id))
+            cap = row_cap(budget, limit, params.answer_reserve, len(prefix), opened)
+            out.append(ThinkingForcer(open_id, close_id, self.eos_id, cap, params.min_thinking, wait, prefix, opened))
+        return out
+
     def _hits_stop(self, ids: list[int], stops: tuple[str, ...]) -> bool:
         tail = self.tok.decode(ids[-32:], skip_special_tokens=True)
         return any(tail.endswith(s) for s in stops)
