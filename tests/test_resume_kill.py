@@ -101,36 +101,40 @@ def _max_diff(a: Path, b: Path) -> float:
 
 @pytest.fixture(scope="module")
 def sft_setup(tmp_path_factory):
-    """A 12-step SFT run (12 traces, batch 4, 4 epochs, checkpoint every 2 steps) and its uninterrupted result."""
+    """A 12-step SFT run (12 traces, batch 4, 4 epochs, checkpoint every 2 steps), its uninterrupted
+    result, and the two runs to kill, started first so that their start-up overlaps the reference run."""
     d = tmp_path_factory.mktemp("sft")
     model, data = small_model(d / "base"), write_traces(d / "traces.jsonl", 12)
     cfg = SFTConfig(model=model, data=str(data), out=str(d / "full"), epochs=4, batch_size=4, lr=3e-3,
                     warmup=2, save_every=2, seed=3, threads=1, progress=False)
+    k = random.randint(3, 10)  # steps done when killed; the run has 12, so >= 2 pauses remain
+    between = SFTConfig(**{**vars(cfg), "out": str(d / f"killed-{k}")})
+    in_write = SFTConfig(**{**vars(cfg), "out": str(d / "killed-in-write")})
+    flag = d / "in-write"
+    procs = {"between": _spawn(_argv("sft", between), STEP_PAUSE=0.15),
+             "in_write": _spawn(_argv("sft", in_write), HANG_IN_CHECKPOINT=f"3:{flag}")}  # the write of step 6
     before = torch.get_num_threads()
     full = sft(cfg)
     torch.set_num_threads(before)
-    return cfg, full, d
+    yield {"cfg": cfg, "full": full, "k": k, "between": between, "in_write": in_write, "flag": flag, "procs": procs}
+    for p in procs.values():  # a failed test may leave one running
+        if p.poll() is None:
+            _kill(p)
 
 
 def test_sft_kill9_at_random_step_then_resume_is_exact(sft_setup):
-    cfg, full, d = sft_setup
-    k = random.randint(3, 11)  # steps done when killed; the run has 12
-    run = cfg.__class__(**{**vars(cfg), "out": str(d / f"killed-{k}")})
-    proc = _spawn(_argv("sft", run), STEP_PAUSE=0.15)
+    k, run, proc = sft_setup["k"], sft_setup["between"], sft_setup["procs"]["between"]
     _wait_for(lambda: _lines(Path(run.out) / "metrics.jsonl") >= k, proc, f"step {k}")
     _kill(proc)
     last = ckpt.latest(Path(run.out) / "checkpoints")
     assert last is not None and int(last.name[5:]) <= k, (k, last)
     resumed = sft(run, resume=True)
-    assert _max_diff(full, resumed) <= 1e-6, f"killed after step {k}"
+    assert _max_diff(sft_setup["full"], resumed) <= 1e-6, f"killed after step {k}"
     assert _lines(Path(run.out) / "metrics.jsonl") == 12
 
 
 def test_sft_kill9_during_checkpoint_write_uses_previous_checkpoint(sft_setup):
-    cfg, full, d = sft_setup
-    run = cfg.__class__(**{**vars(cfg), "out": str(d / "killed-in-write")})
-    flag = d / "in-write"
-    proc = _spawn(_argv("sft", run), HANG_IN_CHECKPOINT=f"3:{flag}")  # the write of step 6
+    run, proc, flag = sft_setup["in_write"], sft_setup["procs"]["in_write"], sft_setup["flag"]
     _wait_for(flag.exists, proc, "the third checkpoint write")
     _kill(proc)
     root = Path(run.out) / "checkpoints"
@@ -138,14 +142,14 @@ def test_sft_kill9_during_checkpoint_write_uses_previous_checkpoint(sft_setup):
     assert (partial / "model.safetensors").is_file() and not (partial / ckpt.MARKER).exists()
     assert ckpt.latest(root).name == "step-000004"
     resumed = sft(run, resume=True)
-    assert _max_diff(full, resumed) <= 1e-6
+    assert _max_diff(sft_setup["full"], resumed) <= 1e-6
 
 
 def test_sft_partial_checkpoints_are_ignored_on_resume(sft_setup):
     """A step folder without its marker and a leftover temp folder: resume from the last complete one."""
-    cfg, full, d = sft_setup
     import shutil
-    run = cfg.__class__(**{**vars(cfg), "out": str(d / "partial")})
+    cfg, full = sft_setup["cfg"], sft_setup["full"]
+    run = SFTConfig(**{**vars(cfg), "out": str(Path(cfg.out).parent / "partial")})
     shutil.copytree(Path(cfg.out) / "checkpoints", Path(run.out) / "checkpoints")  # step-10 and step-12
     root = Path(run.out) / "checkpoints"
     (root / "step-000012" / ckpt.MARKER).unlink()  # a write killed before its marker
@@ -162,10 +166,10 @@ def test_rl_kill9_at_random_step_then_resume_is_exact(tmp_path, monkeypatch):
     cfg = RLConfig(model=model, task="digits", out=str(tmp_path / "full"), steps=8, prompts_per_step=2,
                    group_size=4, max_new_tokens=6, lr=3e-3, warmup=1, seed=0, save_every=2, threads=1,
                    track_kl=False, tensorboard=False, progress=False)
-    full = train(cfg)
-    k = random.randint(3, 7)
+    k = random.randint(3, 6)
     run = RLConfig(**{**vars(cfg), "out": str(tmp_path / "killed")})
-    proc = _spawn(_argv("train", run), STEP_PAUSE=0.15)
+    proc = _spawn(_argv("train", run), STEP_PAUSE=0.15)  # starts up while the reference runs
+    full = train(cfg)
     _wait_for(lambda: _lines(Path(run.out) / "metrics.jsonl") >= k, proc, f"step {k}")
     _kill(proc)
     resumed = train(run, resume=True)
