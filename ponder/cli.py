@@ -21,7 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "probe": ("ponder.probe:main", "attack a task's verifier with degenerate answers; report any that score > 0"),
     "sft": ("ponder.sft:main", "supervised fine-tuning on (prompt, completion) traces, loss on the completion only"),
     "collect": ("ponder.collect:main", "rejection sampling: keep a model's verifier-accepted samples as JSONL traces"),
-    "distill": ("ponder.sft:distill_main", "train a fresh, smaller student on a teacher's traces"),
+    "distill": ("ponder.sft:distill_main", "train a smaller student (fresh or a small base) on a teacher's traces"),
     "pipeline": ("ponder.pipeline:main", "run the R1 recipe's stages from one TOML; resumable, finished stages skipped"),
     "lineage": ("ponder.pipeline:lineage_main", "print the chain of stages of a pipeline run"),
 }

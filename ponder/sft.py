@@ -4,7 +4,7 @@ One loop serves three stages of the R1 recipe:
 
 - cold start: a few clean reasoning traces before RL;
 - rejection-sampling SFT: the verifier-accepted samples of `ponder collect`;
-- distillation: a fresh, smaller student (`student = "hidden_size=64 layers=2"`)
+- distillation: a smaller student, fresh (`student = "hidden_size=64 layers=3 heads=4"`) or a small base,
   on a teacher's accepted traces ("long2short" when those are the shortest
   correct ones: `ponder collect --keep shortest`).
 
@@ -336,11 +336,12 @@ def main(argv: list[str]) -> int:
 
 
 def distill_main(argv: list[str]) -> int:
-    """`ponder distill`: SFT of a fresh, smaller student on a teacher's traces."""
+    """`ponder distill`: SFT of a smaller student on a teacher's traces."""
     cfg, resume = config_from_argv(argv, "ponder distill", distill_main.__doc__ + (
-        "\n\nGet the traces with `ponder collect --model TEACHER` (add `--keep shortest` for long2short), "
-        "then pass them as --data and the student's size as --student."))
-    if not cfg.student:
-        raise ConfigError("ponder distill needs --student (e.g. 'hidden_size=64 layers=2'); "
-                          "to fine-tune an existing model use `ponder sft`")
+        "\n\nThe student is fresh (--student 'hidden_size=64 layers=3 heads=4') or a small base from "
+        "`ponder pretrain --hidden-size 64 ...` (--model FOLDER). Get the traces with "
+        "`ponder collect --model TEACHER` (add `--keep shortest` for long2short) and pass them as --data."))
+    if not cfg.student and cfg.model in ("tiny", "builtin", "tiny-base"):
+        raise ConfigError("ponder distill needs a student smaller than the built-in base: --student "
+                          "'hidden_size=64 layers=3 heads=4' (fresh) or --model SMALL_BASE_FOLDER")
     return _run(cfg, resume)
