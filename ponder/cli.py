@@ -24,6 +24,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "distill": ("ponder.sft:distill_main", "train a smaller student (fresh or a small base) on a teacher's traces"),
     "pipeline": ("ponder.pipeline:main", "run the R1 recipe's stages from one TOML; resumable, finished stages skipped"),
     "lineage": ("ponder.pipeline:lineage_main", "print the chain of stages of a pipeline run"),
+    "scale": ("ponder.scale:main", "inference-time scaling: strategies x thinking budgets x samples -> JSON table and plot"),
+    "train-prm": ("ponder.prm:main", "train a process reward model (value head) from verifier-labelled step prefixes"),
+    "overthink": ("ponder.overthinking:main", "accuracy vs thinking length per difficulty; tokens after the first correct step"),
 }
 
 
