@@ -7,7 +7,6 @@ can read what ponder writes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,24 +59,19 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """`tiny` (or `builtin`) names the shipped base; anything else must be an HF folder."""
+    """`tiny` (or `builtin`) names the shipped base; anything else goes through
+    `ponder.models_hf.resolve_pretrained` (HF folder, .gguf file, cached hub id, alias)."""
     if str(name_or_path) in ("tiny", "builtin", "tiny-base"):
         return BUILTIN_BASE
-    p = Path(name_or_path)
-    if not p.exists():
-        raise ConfigError(f"model {str(p)!r} does not exist; give an HF model folder or 'tiny' for the built-in base")
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"model folder {str(p)!r} has no config.json; it is not a Hugging Face model folder")
-    return p
+    from ponder.models_hf import resolve_pretrained
+    return resolve_pretrained(name_or_path)
 
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a folder; the model is in eval mode on the CPU."""
+    from ponder.models_hf import check_causal_lm
     path = resolve_model_path(name_or_path)
-    cfg = json.loads((path / "config.json").read_text())
-    archs = cfg.get("architectures") or []
-    if archs and not any(a.endswith("ForCausalLM") for a in archs):
-        raise ConfigError(f"model folder {str(path)!r} holds {archs}, not a causal LM (…ForCausalLM)")
+    check_causal_lm(path)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.eval()
