@@ -18,7 +18,7 @@ from pathlib import Path
 from ponder import config as C
 from ponder.config import ConfigError, check_choices, option
 from ponder.evaluate import EvalConfig, evaluate, format_summary
-from ponder.model import BUILTIN_BASE, load_model
+from ponder.model import BUILTIN_BASE, load_model, resolve_model_path
 from ponder.tasks import get_task
 from ponder.train import RLConfig, parse_task_options, train
 
@@ -26,6 +26,7 @@ from ponder.train import RLConfig, parse_task_options, train
 @dataclass(frozen=True)
 class QuickstartConfig:
     out: str = option("runs/quickstart", "run directory")
+    base: str = option("tiny", "starting model: 'tiny' (the built-in base) or an HF folder")
     task_options: str = option("min_digits=1 max_digits=5 ops=add,mul", "arithmetic task options")
     steps: int = option(200, "GRPO steps")
     prompts_per_step: int = option(16, "groups per GRPO step")
@@ -74,8 +75,8 @@ def quickstart(qc: QuickstartConfig) -> dict:
     out = Path(qc.out)
     out.mkdir(parents=True, exist_ok=True)
     task = get_task("arithmetic", **parse_task_options(qc.task_options))
-    base = BUILTIN_BASE
-    if not (base / "model.safetensors").is_file():
+    base = resolve_model_path(qc.base)
+    if base == BUILTIN_BASE and not (base / "model.safetensors").is_file():
         from ponder.pretrain import PretrainConfig, pretrain
         print("the built-in base is missing; building it with `ponder pretrain` (defaults)")
         pretrain(PretrainConfig(out=str(base)))
