@@ -88,7 +88,10 @@ class Decoder:
         self.dtype = next(model.parameters()).dtype
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.dtype)
+        # Under bf16 autocast keys/values come out of the projections in bf16: store them so,
+        # which halves the cache traffic of every decode step.
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else self.dtype
+        return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, dtype)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,

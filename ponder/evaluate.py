@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
 
+import torch
+
 from ponder import config as C
+from ponder.chat import PROMPT_FORMATS, adapt_task
 from ponder.config import ConfigError, check_choices, option
 from ponder.engine import Engine, SamplingParams
 from ponder.metrics import shows_self_check
@@ -38,6 +41,10 @@ class EvalConfig:
     label: str = option("eval", "name of this evaluation in reports")
     out: str = option("", "write the JSON result here (default: print the summary only)")
     chunk: int = option(64, "prompts per generation batch")
+    prompt_format: str = option("auto", "raw, chat or chat_think (auto = chat when the tokenizer has a template)",
+                                choices=PROMPT_FORMATS)
+    precision: str = option("fp32", "matmul precision of generation (bf16 is faster on AMX CPUs)",
+                            choices=("fp32", "bf16"))
 
     def __post_init__(self):
         check_choices(self)
@@ -56,8 +63,16 @@ def _generate(engine: Engine, prompts: list[str], n: int, params: SamplingParams
 
 def evaluate(model, tok, task: Task, cfg: EvalConfig) -> dict:
     from ponder.tasks.base import Example  # noqa: F401  (documents the element type below)
+    task = adapt_task(task, tok, cfg.prompt_format)
     examples = task.examples(cfg.split, cfg.problems, seed=cfg.seed)
     engine = Engine(model, tok)
+    if cfg.precision == "bf16":  # matmuls only; see ponder.train.autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return _evaluate(engine, task, examples, cfg)
+    return _evaluate(engine, task, examples, cfg)
+
+
+def _evaluate(engine: Engine, task: Task, examples, cfg: EvalConfig) -> dict:
     prompts = [e.prompt for e in examples]
     greedy, g_tokens, g_secs = _generate(engine, prompts, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed, cfg.chunk)
     rows = []
