@@ -9,8 +9,12 @@ Math-Shepherd's recipe (Wang et al. 2024), scaled down:
    `continuations` completions and take the fraction the verifier accepts
    (the rollout itself counts as one; a finished completion's label is its
    own verdict) — Math-Shepherd's "soft" estimate;
-4. fit a two-layer head on the frozen model's hidden state at the prefix's
-   last token (final and middle layer), soft binary cross-entropy.
+4. fit a two-layer head, by soft binary cross-entropy, on features of the
+   frozen model at the prefix's last token: the hidden state of the final
+   and the middle layer, plus how confident the model was in what it wrote
+   (min and mean log-probability of the completion's tokens, min over the
+   last step) — a slip in one digit shows up as a token the model itself
+   found unlikely.
 
 Departures from the paper: the head sits on the policy itself (no separate
 PRM model is fine-tuned), and labels come from our own task verifiers.
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from ponder import config as C
 from ponder.config import ConfigError, check_choices, option
 from ponder.engine import Engine, SamplingParams
+from ponder.tasks.base import THINK_CLOSE
 
 HEAD_FILE, META_FILE = "prm_head.pt", "prm.json"
 
@@ -110,10 +115,25 @@ def feature_layers(model) -> list[int]:
     return [n // 2, n]
 
 
+N_CONFIDENCE = 3  # min and mean log-prob over the completion, min over its last step
+
+
+def feature_dim(model) -> int:
+    return model.config.hidden_size * len(feature_layers(model)) + N_CONFIDENCE
+
+
 @torch.no_grad()
-def features(model, seqs: list[list[int]], pad_id: int, batch: int = 64) -> torch.Tensor:
-    """(N, D) hidden states at each sequence's last token, from `feature_layers`."""
+def features(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+             boundary_ids: tuple[int, ...] = (), batch: int = 64) -> torch.Tensor:
+    """(N, D) features of each prompt + completion prefix, read at its last token.
+
+    D = hidden states of `feature_layers` at the last token, then the
+    completion tokens' log-probabilities under the model: min, mean, and min
+    over the last step (the tokens after the last `boundary_ids` token before
+    the end). An empty completion has confidence features 0.
+    """
     layers = feature_layers(model)
+    seqs = [p + c for p, c in zip(prompts, completions)]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch: less padding
     out = [None] * len(seqs)
     for s in range(0, len(order), batch):
@@ -124,12 +144,19 @@ def features(model, seqs: list[list[int]], pad_id: int, batch: int = 64) -> torc
         for r, i in enumerate(idx):  # right padding: positions 0..len-1 stay correct
             ids[r, :len(seqs[i])] = torch.tensor(seqs[i])
             mask[r, :len(seqs[i])] = 1
-        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        res = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        logp = torch.log_softmax(res.logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
         last = mask.sum(-1) - 1  # (B,)
         rows = torch.arange(len(idx))
-        feats = torch.cat([hs[layer][rows, last] for layer in layers], dim=-1)  # (B, D)
+        hidden = torch.cat([res.hidden_states[layer][rows, last] for layer in layers], dim=-1)  # (B, H)
         for r, i in enumerate(idx):
-            out[i] = feats[r]
+            start, end, comp = len(prompts[i]), len(seqs[i]), completions[i]
+            conf = torch.zeros(N_CONFIDENCE)
+            if comp:
+                lp = logp[r, start - 1:end - 1]  # log p(token t | before t) for the completion's tokens
+                cut = max([k + 1 for k, t in enumerate(comp[:-1]) if t in boundary_ids], default=0)
+                conf = torch.stack([lp.min(), lp.mean(), lp[cut:].min()])
+            out[i] = torch.cat([hidden[r], conf])
     return torch.stack(out).float() if out else torch.zeros((0, 0))
 
 
@@ -139,13 +166,15 @@ class PRM:
     def __init__(self, model, tok, head: ValueHead):
         self.model, self.tok, self.head = model, tok, head.eval()
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.boundary_ids = boundary_ids(tok)
 
     @torch.no_grad()
-    def score(self, seqs: list[list[int]]) -> list[float]:
-        """P(correct outcome) for each (prompt + completion prefix) id sequence."""
-        if not seqs:
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
+        """P(a continuation reaches a correct answer) for each prompt + completion prefix (ids, no EOS)."""
+        if not prompts:
             return []
-        return torch.sigmoid(self.head(features(self.model, seqs, self.pad_id))).tolist()
+        x = features(self.model, prompts, completions, self.pad_id, self.boundary_ids)
+        return torch.sigmoid(self.head(x)).tolist()
 
     @classmethod
     def load(cls, folder: str | Path, model, tok) -> "PRM":
@@ -153,17 +182,27 @@ class PRM:
         if not (folder / META_FILE).is_file():
             raise ConfigError(f"{str(folder)!r} holds no PRM ({META_FILE} missing); train one with `ponder train-prm`")
         meta = json.loads((folder / META_FILE).read_text())
-        if meta["dim"] != model.config.hidden_size * len(feature_layers(model)):
+        if meta["dim"] != feature_dim(model):
             raise ConfigError(f"the PRM in {str(folder)!r} reads {meta['dim']}-dim features; this model gives "
-                              f"{model.config.hidden_size * len(feature_layers(model))}: it was trained for another model")
+                              f"{feature_dim(model)}: it was trained for another model")
         head = ValueHead(meta["dim"], meta["hidden"])
         head.load_state_dict(torch.load(folder / HEAD_FILE, weights_only=True))
         return cls(model, tok, head)
 
 
+def boundary_ids(tok) -> tuple[int, ...]:
+    """Single-token step ends: newline and `</think>` (when the tokenizer has them as one token)."""
+    out = []
+    for text in ("\n", THINK_CLOSE):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            out.append(ids[0])
+    return tuple(out)
+
+
 # -- training ----------------------------------------------------------------------------------------
 def label_steps(engine: Engine, task, examples, cfg: PRMConfig) -> list[dict]:
-    """Math-Shepherd soft labels: one row per step prefix with its problem index, ids and label."""
+    """Math-Shepherd soft labels: one row per step prefix (problem index, prompt ids, completion prefix ids, label)."""
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature)
     prompts = [engine.encode(ex.prompt) for ex in examples]
     newline = engine.tok("\n", add_special_tokens=False)["input_ids"]
@@ -179,7 +218,7 @@ def label_steps(engine: Engine, task, examples, cfg: PRMConfig) -> list[dict]:
             ok = float(task.verify(s.text, examples[i]).status == "correct")
             ends = step_ends(list(s.ids), newline_id, engine.think_ids[1], engine.eos_id)
             for e in ends:
-                rows.append({"problem": i, "ids": prompts[i] + list(s.ids[:e]), "hits": ok, "n": 1.0,
+                rows.append({"problem": i, "prompt": prompts[i], "ids": list(s.ids[:e]), "hits": ok, "n": 1.0,
                              "final": e == ends[-1]})
                 if e != ends[-1] and cfg.max_new_tokens - e > 1:
                     pending.append((len(rows) - 1, i, e))
@@ -188,10 +227,11 @@ def label_steps(engine: Engine, task, examples, cfg: PRMConfig) -> list[dict]:
         part = pending[c0:c0 + cfg.chunk]
         seeds = [[_seed(cfg.seed, "continue", r, k) for k in range(cfg.continuations)] for r, _, _ in part]
         limits = [cfg.max_new_tokens - e for _, _, e in part]
-        outs = engine.generate_ids([rows[r]["ids"] for r, _, _ in part], cfg.continuations, params, seeds, limits)
+        outs = engine.generate_ids([prompts[i] + rows[r]["ids"] for r, i, _ in part], cfg.continuations, params,
+                                   seeds, limits)
         for s in outs:
             r, i, e = part[s.prompt_index]
-            prefix_text = engine.tok.decode(rows[r]["ids"][len(prompts[i]):], skip_special_tokens=True)
+            prefix_text = engine.tok.decode(rows[r]["ids"], skip_special_tokens=True)
             rows[r]["hits"] += float(task.verify(prefix_text + s.text, examples[i]).status == "correct")
             rows[r]["n"] += 1
     for row in rows:
@@ -251,7 +291,7 @@ def train_prm(cfg: PRMConfig) -> dict:
     engine = Engine(model, tok)
     examples = task.examples("train", cfg.problems, seed=cfg.seed)
     rows = label_steps(engine, task, examples, cfg)
-    x = features(model, [r["ids"] for r in rows], engine.pad_id)
+    x = features(model, [r["prompt"] for r in rows], [r["ids"] for r in rows], engine.pad_id, boundary_ids(tok))
     y = torch.tensor([r["label"] for r in rows])
     val_problems = set(random.Random(cfg.seed).sample(range(len(examples)), int(cfg.val_share * len(examples))))
     is_val = torch.tensor([r["problem"] in val_problems for r in rows])

@@ -256,7 +256,8 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
         answers = [[extract(s) for s in g] for g in pool]
         scores = None
         if prm is not None:
-            flat = prm.score([list(s.prompt_ids) + [t for t in s.ids if t != engine.eos_id] for g in pool for s in g])
+            flat = prm.score([list(s.prompt_ids) for g in pool for s in g],
+                             [[t for t in s.ids if t != engine.eos_id] for g in pool for s in g])
             scores = [flat[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(pool))]
         rows = pool_entries(pool, answers, correct, scores, examples, budget, cfg)
         think = [s.thinking_tokens for g in pool for s in g]
@@ -279,7 +280,8 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
                 # The verifier reads a completion; the chosen answer is put back behind a closed thinking.
                 entries.append(entry(name, n, None, [r.answer is not None and task.verify(
                     f"<think></think>{r.answer}", ex).status == "correct" for r, ex in zip(res, examples)],
-                    [r.tokens for r in res], diff, width=cfg.search_width, leaves=mean(r.samples for r in res)))
+                    [r.tokens for r in res], diff, width=cfg.search_width, leaves=mean(r.samples for r in res),
+                    prm_scored_tokens=sum(r.scored_tokens for r in res)))
                 log(f"{name} n={n}: {entries[-1]['accuracy']:.3f} with {entries[-1]['generated_tokens']} tokens")
     result["entries"] = entries
     result["bar"] = bar(entries, cfg.samples)

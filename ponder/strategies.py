@@ -40,6 +40,7 @@ class Outcome:
     answer: str | None  # the chosen answer (None: no valid answer)
     samples: int  # completions (or search leaves) the choice was made from
     tokens: int  # generated tokens spent on this problem, including pruned search branches
+    scored_tokens: int = 0  # tokens a PRM read to score this problem's candidates (search only)
 
 
 def extract(sample: Sample) -> str | None:
@@ -209,7 +210,7 @@ def step_search(engine: Engine, prm, prompts: list[str], n: int, width: int, par
     # beams[i][g]: live nodes of group g of problem i; leaves[i][g]: its finished ones
     beams = [[[_Node([])] for _ in range(groups)] for _ in prompts]
     leaves: list[list[list[_Node]]] = [[[] for _ in range(groups)] for _ in prompts]
-    tokens = [0] * len(prompts)
+    tokens, scored = [0] * len(prompts), [0] * len(prompts)
     for step in range(max_steps):
         # Expand: the root gets all n/groups children; later every kept node gets `width`.
         fan = n // groups if step == 0 else width
@@ -230,10 +231,11 @@ def step_search(engine: Engine, prm, prompts: list[str], n: int, width: int, par
             done = s.finish in ("eos", "length") or len(ids) >= params.max_new_tokens
             children.append((i, g, _Node(ids, done=done)))
         eos = engine.eos_id
-        scores = prm.score([prompt_ids[i] + [t for t in c.ids if t != eos] for i, _, c in children])
+        scores = prm.score([prompt_ids[i] for i, _, _ in children], [[t for t in c.ids if t != eos] for _, _, c in children])
         fresh = [[[] for _ in range(groups)] for _ in prompts]
         for (i, g, c), sc in zip(children, scores):
             c.score = sc
+            scored[i] += len(prompt_ids[i]) + len(c.ids)
             (leaves[i][g] if c.done else fresh[i][g]).append(c)
         for i in range(len(prompts)):
             for g in range(groups):
@@ -247,5 +249,5 @@ def step_search(engine: Engine, prm, prompts: list[str], n: int, width: int, par
                                                  skip_special_tokens=True)) or None for c in final]
         weights = [c.score for c in final]
         pick = weighted_vote(answers, weights) if select == "weighted" else best_of_n(answers, weights)
-        results.append(Outcome(pick, len(final), tokens[i]))
+        results.append(Outcome(pick, len(final), tokens[i], scored[i]))
     return results

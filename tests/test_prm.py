@@ -32,8 +32,7 @@ def test_labels_are_fractions_and_finals_are_verdicts(tiny):
     rows = label_steps(Engine(model, tok), task, examples, cfg)
     assert rows
     for r in rows:
-        prompt = tok(examples[r["problem"]].prompt)["input_ids"]
-        assert r["ids"][:len(prompt)] == prompt
+        assert r["prompt"] == tok(examples[r["problem"]].prompt)["input_ids"] and r["ids"]
         assert 0.0 <= r["label"] <= 1.0
         if r["final"]:
             assert r["label"] in (0.0, 1.0)
@@ -60,7 +59,8 @@ def test_train_save_load_and_score(tiny_folder, tmp_path):
     from ponder.model import load_model
     model, tok = load_model(tiny_folder)
     prm = PRM.load(out, model, tok)
-    scores = prm.score([tok("1+2=?\n<think>")["input_ids"], tok("1+2=?\n<think></think>3")["input_ids"]])
+    prompt = tok("1+2=?\n")["input_ids"]
+    scores = prm.score([prompt, prompt], [[], tok("<think></think>3", add_special_tokens=False)["input_ids"]])
     assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores)
     with pytest.raises(ConfigError, match="no PRM"):
         PRM.load(tmp_path, model, tok)

@@ -64,8 +64,8 @@ def test_adaptive_consistency_live_equals_the_pool_prefix(tiny):
 class LengthPRM:
     """A stand-in PRM: prefers shorter prefixes (deterministic, no training)."""
 
-    def score(self, seqs):
-        return [1.0 / (1 + len(s)) for s in seqs]
+    def score(self, prompts, completions):
+        return [1.0 / (1 + len(c)) for c in completions]
 
 
 @pytest.mark.parametrize("diverse", [False, True])
