@@ -26,10 +26,10 @@ from ponder.model import BUILTIN_BASE, TinyModelConfig, count_params, new_tiny, 
 @dataclass(frozen=True)
 class PretrainConfig:
     out: str = option(str(BUILTIN_BASE), "folder to write the HF model to")
-    steps: int = option(6000, "optimizer steps")
+    steps: int = option(2500, "optimizer steps")
     batch_size: int = option(64, "documents per step")
-    lr: float = option(1e-3, "peak learning rate (AdamW), cosine decay to 10%")
-    warmup: int = option(200, "linear warm-up steps")
+    lr: float = option(1.5e-3, "peak learning rate (AdamW), cosine decay to 10%")
+    warmup: int = option(100, "linear warm-up steps")
     weight_decay: float = option(0.01, "AdamW weight decay")
     seed: int = option(0, "seed for weights and corpus")
     hidden_size: int = option(128, "model width")
@@ -148,7 +148,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model.eval()
     out = _save_atomic(model, tok, cfg.out)
     (out / "ponder_pretrain.json").write_text(json.dumps(
-        {"config": asdict(cfg), "params": count_params(model), "seconds": round(time.time() - t0, 1)}, indent=1))
+        {"config": {k: v for k, v in asdict(cfg).items() if k != "out"}, "params": count_params(model), "seconds": round(time.time() - t0, 1)}, indent=1))
     print(f"saved the base model to {out} ({time.time() - t0:.0f} s)")
     return out
 
