@@ -232,6 +232,8 @@ def staleness(stage: Stage, stage_dir: Path) -> str | None:
         return "its config changed"
     if m["inputs"] != inputs_of(stage):
         return "its inputs changed"
+    if any(not Path(o["path"]).is_file() or sha256_file(o["path"]) != o["sha256"] for o in m["outputs"]):
+        return "its outputs changed"
     return None
 
 

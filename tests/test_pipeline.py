@@ -90,6 +90,11 @@ def test_run_skip_from_and_config_change(recipe, tmp_path, capsys):
     assert run_pipeline(recipe(epochs=2), out) == {"rl": "skipped", "collect": "skipped", "sft": "ran"}
     assert json.loads((out / "sft" / "manifest.json").read_text())["metrics"]["step"] == 4
 
+    # an output edited behind the pipeline's back is remade; the same bytes come out, so sft stays finished
+    with (out / "collect" / "traces.jsonl").open("a") as f:
+        f.write('{"prompt": "1+1=?", "completion": "<think></think>3"}\n')
+    assert run_pipeline(recipe(epochs=2), out) == {"rl": "skipped", "collect": "ran", "sft": "skipped"}
+
     assert cli(["lineage", str(out)]) == 0
     text = capsys.readouterr().out
     assert "sft (sft) <- model rl [" in text and f"data {out / 'collect' / 'traces.jsonl'} [" in text
