@@ -160,7 +160,7 @@ def pool_entries(pool, answers, correct, scores, examples, budget, cfg: ScaleCon
 def at_tokens(points: list[tuple[float, float]], tokens: float) -> float:
     """Accuracy of a (tokens, accuracy) curve at `tokens`, linear in log tokens; clamped at the ends.
 
-    >>> at_tokens([(100, 0.5), (400, 0.7)], 200)
+    >>> round(at_tokens([(100, 0.5), (400, 0.7)], 200), 6)
     0.6
     """
     pts = sorted(points)
