@@ -264,6 +264,7 @@ def run_stage(stage: Stage, pc: PipelineConfig, stage_dir: Path) -> dict:
     t0 = time.time()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     stage_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(stage_dir / "inputs.json", inputs_of(stage))  # what a resume must start from too
     resume = ckpt.latest(stage_dir / "checkpoints") is not None
     metrics: dict = {}
     outputs: list[str] = []
@@ -321,7 +322,7 @@ def run_pipeline(recipe: str | Path, out: str | Path, from_stage: str | None = N
             print(f"[{stage.name}] finished and unchanged; skipped")
             status[stage.name] = "skipped"
             continue
-        if why == "--from" or why.endswith("changed") or _stale_partial(stage, stage_dir):
+        if why == "--from" or why.endswith("changed") or not _resumable(stage, stage_dir):
             shutil.rmtree(stage_dir, ignore_errors=True)  # start over: its old outputs are not this stage's
         print(f"[{stage.name}] running {stage.kind} ({why})")
         run_stage(stage, pc, stage_dir)
@@ -331,14 +332,14 @@ def run_pipeline(recipe: str | Path, out: str | Path, from_stage: str | None = N
     return status
 
 
-def _stale_partial(stage: Stage, stage_dir: Path) -> bool:
-    """An unfinished stage whose checkpoints were made under another config cannot be resumed."""
-    saved = stage_dir / "checkpoints"
-    last = ckpt.latest(saved)
-    if last is None:
+def _resumable(stage: Stage, stage_dir: Path) -> bool:
+    """Can an unfinished stage continue from what it left? Only if it started from the same
+    inputs and its checkpoints (if any) were made under the same config."""
+    started = stage_dir / "inputs.json"
+    if started.is_file() and json.loads(started.read_text()) != inputs_of(stage):
         return False
-    state = ckpt.load_state(last)
-    return state.get("config") != asdict(stage.config)
+    last = ckpt.latest(stage_dir / "checkpoints")
+    return last is None or ckpt.load_state(last).get("config") == asdict(stage.config)
 
 
 def summarize(pc: PipelineConfig, stages: list[Stage], out: Path) -> dict:

@@ -114,6 +114,12 @@ def test_unfinished_stage_resumes_from_its_checkpoint(recipe, tmp_path):
     assert run_pipeline(recipe(epochs=2), out)["sft"] == "ran"
     assert json.loads((out / "sft" / "manifest.json").read_text())["resumed"] is True
     assert (out / "sft" / "model" / "model.safetensors").read_bytes() == weights
+    # unfinished, but started from other inputs (its parent was remade since): start over, not resume
+    (out / "sft" / "manifest.json").unlink()
+    (out / "sft" / "inputs.json").write_text(json.dumps({"parent": None, "data": []}))
+    assert run_pipeline(recipe(epochs=2), out)["sft"] == "ran"
+    assert json.loads((out / "sft" / "manifest.json").read_text())["resumed"] is False
+    assert (out / "sft" / "model" / "model.safetensors").read_bytes() == weights
 
 
 def test_recipe_errors_name_the_problem(recipe, tmp_path):
