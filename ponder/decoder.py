@@ -41,8 +41,10 @@ def supports(model) -> bool:
         return False
     if not all(hasattr(layer.self_attn, a) for a in _ATTN_ATTRS):
         return False
-    if any(hasattr(layer.self_attn, a) for a in ("q_norm", "k_norm", "sliding_window")):
-        return False  # Qwen3-style QK norms or sliding windows: not handled here
+    if any(hasattr(layer.self_attn, a) for a in ("q_norm", "k_norm")):
+        return False  # Qwen3-style QK norms: not handled here
+    if any(getattr(l.self_attn, "sliding_window", None) is not None for l in layers):
+        return False  # sliding-window layers (Qwen2 keeps the attribute, None when attention is full)
     return all(hasattr(layer.mlp, a) for a in _MLP_ATTRS)
 
 

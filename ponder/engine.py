@@ -116,6 +116,33 @@ def pick_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p
     return pos.squeeze(-1)
 
 
+ROLLOUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@torch.no_grad()
+def rollout_copy(model, precision: str, previous=None):
+    """The model rollouts sample from: `model` itself for fp32; for bf16 a copy with bf16
+    weights, refreshed in place from `model` when `previous` is given (no reallocation).
+
+    Why a copy rather than autocast: autocast re-casts every weight at every decode
+    step, which at decode shapes (a few dozen rows) costs more than the bf16 matmul saves
+    (measured on SmolLM2-135M, 1 core: 24 vs 54 GFLOP/s for a 64x576x1536 linear).
+    Logits come out in bf16, as from any bf16 inference server; sampling upcasts them.
+    """
+    dtype = ROLLOUT_DTYPES[precision]
+    if dtype == next(model.parameters()).dtype:
+        return model
+    if previous is None:
+        import copy
+        previous = copy.deepcopy(model).eval().requires_grad_(False)
+        for p in previous.parameters():  # parameters only: buffers such as rotary inv_freq stay fp32
+            p.data = p.data.to(dtype)
+        return previous
+    for dst, src in zip(previous.parameters(), model.parameters()):
+        dst.copy_(src)
+    return previous
+
+
 class Engine:
     """Batched, KV-cached sampling from an HF causal LM."""
 

@@ -14,12 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
 
-import torch
-
 from ponder import config as C
 from ponder.chat import PROMPT_FORMATS, adapt_task
 from ponder.config import ConfigError, check_choices, option
-from ponder.engine import Engine, SamplingParams
+from ponder.engine import Engine, SamplingParams, rollout_copy
 from ponder.metrics import shows_self_check
 from ponder.model import load_model
 from ponder.stats import maj_at_k, mean_pass_at_k, per_problem_ci, wilson_ci
@@ -43,7 +41,7 @@ class EvalConfig:
     chunk: int = option(64, "prompts per generation batch")
     prompt_format: str = option("auto", "raw, chat or chat_think (auto = chat when the tokenizer has a template)",
                                 choices=PROMPT_FORMATS)
-    precision: str = option("fp32", "matmul precision of generation (bf16 is faster on AMX CPUs)",
+    precision: str = option("fp32", "weights generation runs with (bf16: a bf16 copy; faster on AMX CPUs)",
                             choices=("fp32", "bf16"))
 
     def __post_init__(self):
@@ -65,10 +63,7 @@ def evaluate(model, tok, task: Task, cfg: EvalConfig) -> dict:
     from ponder.tasks.base import Example  # noqa: F401  (documents the element type below)
     task = adapt_task(task, tok, cfg.prompt_format)
     examples = task.examples(cfg.split, cfg.problems, seed=cfg.seed)
-    engine = Engine(model, tok)
-    if cfg.precision == "bf16":  # matmuls only; see ponder.train.autocast
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return _evaluate(engine, task, examples, cfg)
+    engine = Engine(rollout_copy(model, cfg.precision), tok)
     return _evaluate(engine, task, examples, cfg)
 
 

@@ -32,9 +32,10 @@ from ponder import lora
 from ponder.chat import PROMPT_FORMATS, adapt_task
 from ponder import config as C
 from ponder.config import ConfigError, check_choices, option
-from ponder.engine import Engine, Sample, SamplingParams
+from ponder.decoder import supports
+from ponder.engine import Engine, Sample, SamplingParams, rollout_copy
 from ponder.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_advantages, informative_groups,
-                         kl_k3, token_entropy, token_logprobs)
+                         kl_k3)
 from ponder.metrics import rollout_metrics
 from ponder.model import load_model, save_model
 from ponder.runlog import RunLog
@@ -91,8 +92,9 @@ class RLConfig:
     prompt_format: str = option("auto", "how prompts reach the model: raw text, the chat template (chat), or the "
                                 "chat template with a <think> section (chat_think); auto = chat when the "
                                 "tokenizer has a template", choices=PROMPT_FORMATS)
-    precision: str = option("fp32", "matmul precision of rollouts and training: bf16 autocasts matmuls "
-                            "(weights and optimizer stay fp32); ~2x faster on CPUs with AMX/AVX512-bf16",
+    precision: str = option("fp32", "matmul precision: bf16 samples rollouts from a bf16 copy of the policy "
+                            "and autocasts the update's matmuls (weights, grads, optimizer stay fp32); "
+                            "2-3x faster on CPUs with AMX/AVX512-bf16",
                             choices=PRECISIONS)
     micro_batch: int = option(16, "rows per forward/backward chunk (gradients accumulate): bounds memory, "
                               "not the update; 0 = the whole minibatch at once")
@@ -208,31 +210,49 @@ def policy_logits(model, ids, attn):
     return model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, L-1, V)
 
 
-def logprobs_and_entropy(logits, targets):
-    """(B, T, V), (B, T) -> log-probs of `targets` (B, T) and the entropy of each position (B, T),
-    from one log-softmax: over a 50k vocabulary that pass is a large share of the update."""
+def body_and_head(model):
+    """(decoder body, lm_head) of a Llama-family model (LoRA-wrapped or not), or None.
+
+    With them the head runs on completion positions only: over a 50k vocabulary
+    the head and its log-softmax cost as much as a dozen layers, and prompt and
+    padding positions never enter the loss."""
+    plain = lora.plain_model(model)
+    return (plain.model, plain.lm_head) if supports(plain) else None
+
+
+def completion_logprobs(model, ids, attn, comp):
+    """Log-probs of the next tokens and the entropy at each completion position, both (B, L-1)
+    with zeros elsewhere; one log-softmax serves both."""
+    targets = ids[:, 1:]
+    sel = comp.bool()  # (B, L-1)
+    parts = body_and_head(model)
+    if parts is None:
+        logits = policy_logits(model, ids, attn)[sel]  # (N, V)
+    else:
+        body, head = parts
+        hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]  # (B, L-1, D)
+        logits = head(hidden[sel])  # (N, V)
     logp_all = torch.log_softmax(logits.float(), dim=-1)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logp_sel = logp_all.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1)  # (N,)
+    logp = torch.zeros(sel.shape, dtype=logp_sel.dtype).masked_scatter(sel, logp_sel)
     with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+        entropy = torch.zeros(sel.shape, dtype=ent.dtype).masked_scatter(sel, ent)
     return logp, entropy
 
 
-def row_chunks(rows: torch.Tensor, micro_batch: int, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """Split row indices into forward/backward chunks of at most `micro_batch` rows (0 = one chunk).
-
-    With `lengths`, rows are grouped by length first, so that each chunk can be cut to
-    its own longest row (`trimmed`): completions range from ~10 to ~130 tokens, and
-    padding every row to the batch's longest doubled the update's compute.
-    """
-    if lengths is not None:
-        rows = rows[lengths[rows].argsort(stable=True)]
+def row_chunks(rows: torch.Tensor, lengths: torch.Tensor, micro_batch: int) -> tuple[torch.Tensor, ...]:
+    """Split row indices into forward/backward chunks of at most `micro_batch` rows (0 = one
+    chunk), rows of similar length together so that each chunk carries little padding."""
+    rows = rows[lengths[rows].argsort(stable=True)]
     return rows.split(micro_batch) if micro_batch else (rows,)
 
 
-def trimmed(rows: torch.Tensor, attn: torch.Tensor) -> int:
-    """Columns needed by `rows` of a right-padded batch: its longest row."""
-    return int(attn[rows].sum(1).max())
+def trimmed(batch: dict, rows: torch.Tensor) -> tuple:
+    """(ids, attn, comp) of `rows`, cut to their longest sequence: right padding beyond it
+    is dead compute, and nothing beyond it enters the loss."""
+    L = int(batch["attn"][rows].sum(1).max())
+    return batch["ids"][rows, :L], batch["attn"][rows, :L], batch["comp"][rows, :L - 1]
 
 
 # Share of one row chunk in its minibatch's aggregate, so that the chunks' weighted losses
@@ -244,14 +264,15 @@ CHUNK_WEIGHTS = {
 
 
 @torch.no_grad()
-def chunked_logprobs(model, ids, attn, targets, micro_batch: int, precision: str) -> torch.Tensor:
-    """(B, T) log-probs of `targets`, computed `micro_batch` rows at a time to bound memory."""
-    out = torch.zeros(targets.shape)
-    for rows in row_chunks(torch.arange(ids.size(0)), micro_batch, attn.sum(1)):
-        L = trimmed(rows, attn)
+def chunked_logprobs(model, batch: dict, micro_batch: int, precision: str) -> torch.Tensor:
+    """(B, L-1) completion log-probs of the whole batch, `micro_batch` rows at a time."""
+    B, L = batch["ids"].shape
+    out = torch.zeros((B, L - 1))
+    for rows in row_chunks(torch.arange(B), batch["attn"].sum(1), micro_batch):
+        ids, attn, comp = trimmed(batch, rows)
         with autocast(precision):
-            logits = policy_logits(model, ids[rows, :L], attn[rows, :L])
-        out[rows, : L - 1] = token_logprobs(logits, targets[rows, : L - 1])
+            logp, _ = completion_logprobs(model, ids, attn, comp)
+        out[rows, : logp.size(1)] = logp
     return out
 
 
@@ -262,14 +283,12 @@ def update_policy(model, ref_model, opt, batch: dict, cfg: RLConfig, advantage_f
     `micro_batch` rows whose gradients accumulate (weighted by `CHUNK_WEIGHTS`), so
     peak memory follows the chunk, not the batch.
     """
-    ids, attn, comp, adv = batch["ids"], batch["attn"], batch["comp"], batch["adv"]
-    targets = ids[:, 1:]
-    B = ids.size(0)
-    mb_rows = cfg.micro_batch
-    old_logp = (chunked_logprobs(model, ids, attn, targets, mb_rows, cfg.precision)
+    comp, adv = batch["comp"], batch["adv"]
+    B = comp.size(0)
+    lengths = batch["attn"].sum(1)
+    old_logp = (chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision)
                 if cfg.epochs > 1 or cfg.minibatches > 1 else None)
-    ref_logp = (chunked_logprobs(ref_model, ids, attn, targets, mb_rows, cfg.precision)
-                if ref_model is not None else None)
+    ref_logp = chunked_logprobs(ref_model, batch, cfg.micro_batch, cfg.precision) if ref_model is not None else None
     weight = CHUNK_WEIGHTS[cfg.loss_agg]
     params = lora.trainable_parameters(model)
     stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0}
@@ -278,18 +297,15 @@ def update_policy(model, ref_model, opt, batch: dict, cfg: RLConfig, advantage_f
         for mb in torch.arange(B).chunk(cfg.minibatches):
             opt.zero_grad(set_to_none=True)
             mask_mb = comp[mb]
-            denom = mask_mb.sum().clamp_min(1)
+            denom = mask_mb.sum().clamp_min(1).item()
             sums = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0}
-            for rows in row_chunks(mb, mb_rows, attn.sum(1)):
-                L = trimmed(rows, attn)
-                T = L - 1  # target columns of this chunk
+            for rows in row_chunks(mb, lengths, cfg.micro_batch):
+                ids, attn, mask = trimmed(batch, rows)
+                T = mask.size(1)
                 with autocast(cfg.precision):
-                    logits = policy_logits(model, ids[rows, :L], attn[rows, :L])
-                logp, entropy = logprobs_and_entropy(logits, targets[rows, :T])
-                del logits
+                    logp, entropy = completion_logprobs(model, ids, attn, mask)
                 old = old_logp[rows, :T] if old_logp is not None else logp.detach()
                 per_tok, clipped = clipped_policy_loss(logp, old, adv[rows], cfg.clip_low, cfg.clip_high)
-                mask = comp[rows, :T]
                 kl = kl_k3(logp, ref_logp[rows, :T]) if ref_logp is not None else None
                 if kl is not None and cfg.kl_coef > 0:
                     per_tok = per_tok + cfg.kl_coef * kl
@@ -308,7 +324,7 @@ def update_policy(model, ref_model, opt, batch: dict, cfg: RLConfig, advantage_f
             opt.step()
             stats["loss"] += sums["loss"]
             for k in ("clip_frac", "entropy", "kl"):
-                stats[k] += sums[k] / denom.item()
+                stats[k] += sums[k] / denom
             stats["grad_norm"] += gn.item()
             n_updates += 1
     return {k: v / n_updates for k, v in stats.items()}
@@ -376,6 +392,7 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     aggregate = AGGREGATIONS[cfg.loss_agg]
     log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start)
     stop = _StopFlag()
+    sampler = None  # the model rollouts sample from (a bf16 copy with precision = "bf16")
     previous = signal.signal(signal.SIGINT, stop)
     bar = tqdm(range(start, cfg.steps), desc=f"{log_prefix}GRPO", initial=start, total=cfg.steps,
                disable=not cfg.progress, mininterval=1)
@@ -386,9 +403,9 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
             for g in opt.param_groups:
                 g["lr"] = lr
             model.eval()
-            engine = Engine(lora.plain_model(model), tok)
-            with autocast(cfg.precision):
-                rolled = sample_groups(engine, task, cfg, step)
+            sampler = rollout_copy(lora.plain_model(model), cfg.precision, sampler)
+            engine = Engine(sampler, tok)
+            rolled = sample_groups(engine, task, cfg, step)
             metrics = dict(rolled["metrics"])
             if rolled["groups"]:
                 model.train()

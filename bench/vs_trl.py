@@ -1,0 +1,177 @@
+"""Benchmark: ponder vs TRL's GRPOTrainer, same model, same work, same machine.
+
+    python bench/vs_trl.py [--model smollm2-135m] [--steps 3] [--threads 2]
+
+Both tools run GRPO on the same SmolLM2-135M-Instruct HF folder with the same
+work per step: 8 prompts x 8 samples, up to 128 completion tokens, temperature
+1.0, the same prompts (the arithmetic task's train prompts for steps 0, 1, 2,
+rendered once with the chat template and handed to both as plain text) and the
+same reward function (ponder's chat-task verifier: the last number of the
+answer, 1.0 when it equals the sum). 1- and 2-digit sums: SmolLM2 gets some of
+them right, so groups have reward variance and both tools do real updates.
+
+Each tool runs in its own child process (so each gets a clean peak RSS); the
+first step is warm-up and excluded. Printed: s/step, completion tokens/s
+(completion tokens / step wall time), the fraction of zero-variance groups,
+peak RSS, and last the ratio TRL s/step / ponder s/step.
+
+Settings that differ, on purpose, and are printed: ponder runs bf16 autocast
+matmuls (`precision = "bf16"`; weights and optimizer fp32); TRL runs as its
+users run it on a CPU, fp32 (`--trl-bf16` gives it bf16 autocast too). Neither
+computes a KL term (TRL's default beta = 0; ponder's track_kl off). TRL is a
+benchmark dependency only: `pip install trl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPTS, GROUP, MAX_TOKENS, TEMPERATURE, LR = 8, 8, 128, 1.0, 1e-6
+TASK_OPTIONS = "min_digits=1 max_digits=2 ops=add"
+
+
+def shared_setup(model: str):
+    """The model folder, the chat-wrapped task and each step's examples, identical for both tools."""
+    from ponder.chat import adapt_task
+    from ponder.model import load_model, resolve_model_path
+    from ponder.tasks import get_task
+    from ponder.train import RLConfig, parse_task_options, step_examples
+
+    folder = resolve_model_path(model)
+    _, tok = load_model(folder)
+    task = adapt_task(get_task("arithmetic", **parse_task_options(TASK_OPTIONS)), tok, "chat")
+    cfg = RLConfig(prompts_per_step=PROMPTS, group_size=GROUP)
+    return folder, task, lambda step: step_examples(task, cfg, step, 0)
+
+
+def zero_var_fraction(rewards_by_prompt: dict[str, list[float]]) -> float:
+    groups = list(rewards_by_prompt.values())
+    return sum(max(g) == min(g) for g in groups) / len(groups)
+
+
+def run_ponder(model: str, steps: int, threads: int, out: Path) -> dict:
+    from ponder.train import RLConfig, train
+
+    folder, _, _ = shared_setup(model)
+    cfg = RLConfig(model=str(folder), task="arithmetic", task_options=TASK_OPTIONS, out=str(out), steps=steps,
+                   prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=MAX_TOKENS,
+                   temperature=TEMPERATURE, lr=LR, warmup=1, track_kl=False, prompt_format="chat",
+                   precision="bf16", micro_batch=16, threads=threads, save_every=10**6, tensorboard=False,
+                   progress=False)
+    train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"step_seconds": [r["step_time"] for r in rows],
+            "completion_tokens": [r["tokens_per_s"] * r["gen_seconds"] for r in rows],
+            "zero_var": [r["zero_var_frac"] for r in rows], "precision": "bf16 autocast"}
+
+
+def run_trl(model: str, steps: int, threads: int, out: Path, bf16: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.set_num_threads(threads)
+    folder, task, examples_of = shared_setup(model)
+    steps_examples = [examples_of(s) for s in range(steps)]
+    by_prompt = {ex.prompt: ex for exs in steps_examples for ex in exs}
+    rows = [{"prompt": ex.prompt} for exs in steps_examples for ex in exs]  # step-major, no shuffling
+    rewards_seen: list[dict[str, list[float]]] = []
+
+    def reward(prompts, completions, **_):
+        scores = [task.verify(c, by_prompt[p]).score for p, c in zip(prompts, completions)]
+        groups: dict[str, list[float]] = {}
+        for p, s in zip(prompts, scores):
+            groups.setdefault(p, []).append(s)
+        rewards_seen.append(groups)
+        return scores
+
+    marks: list[float] = []
+    lengths: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    args = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=GROUP, gradient_accumulation_steps=PROMPTS,
+        num_generations=GROUP, max_completion_length=MAX_TOKENS, temperature=TEMPERATURE, learning_rate=LR,
+        beta=0.0, max_steps=steps, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
+        bf16=bf16, shuffle_dataset=False, seed=0, disable_tqdm=True)
+    tok = AutoTokenizer.from_pretrained(folder)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+                          reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tok, callbacks=[Clock()])
+    trainer.train()
+    step_s = [b - a for a, b in zip(marks, marks[1:])]
+    return {"step_seconds": step_s, "completion_tokens": [m * PROMPTS * GROUP for m in lengths],
+            "zero_var": [zero_var_fraction(g) for g in rewards_seen],
+            "precision": "bf16 autocast" if bf16 else "fp32"}
+
+
+def child(tool: str, args) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        res = (run_ponder(args.model, args.steps, args.threads, Path(d)) if tool == "ponder"
+               else run_trl(args.model, args.steps, args.threads, Path(d), args.trl_bf16))
+    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    Path(args.result).write_text(json.dumps(res))
+    return 0
+
+
+def summary(res: dict) -> dict:
+    """Mean over the measured steps (the first is warm-up)."""
+    s, tok, zv = res["step_seconds"][1:], res["completion_tokens"][1:], res["zero_var"][1:]
+    return {"s_per_step": statistics.mean(s), "tokens_per_s": sum(tok) / sum(s),
+            "zero_var": statistics.mean(zv) if zv else float("nan"), "rss": res["peak_rss_gb"],
+            "precision": res["precision"], "steps": len(s)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=3, help="steps per tool; the first is warm-up")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trl-bf16", action="store_true", help="give TRL bf16 autocast as well")
+    ap.add_argument("--only", choices=("ponder", "trl"), help="run one tool (what the parent does per child)")
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.steps < 2:
+        ap.error("--steps must be >= 2: the first step is warm-up")
+    if args.only:
+        return child(args.only, args)
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        for tool in ("ponder", "trl"):
+            path = Path(d) / f"{tool}.json"
+            cmd = [sys.executable, __file__, "--only", tool, "--result", str(path), "--model", args.model,
+                   "--steps", str(args.steps), "--threads", str(args.threads)] + (["--trl-bf16"] if args.trl_bf16 else [])
+            print(f"running {tool} ...", flush=True)
+            subprocess.run(cmd, check=True)
+            results[tool] = summary(json.loads(path.read_text()))
+    print(f"\nwork per step: {PROMPTS} prompts x {GROUP} samples, <= {MAX_TOKENS} tokens, T={TEMPERATURE}; "
+          f"{args.steps} steps, first excluded; {args.threads} threads")
+    print(f"{'':8s}{'s/step':>10s}{'tok/s':>10s}{'zero-var':>10s}{'peak RSS':>10s}  precision")
+    for tool, r in results.items():
+        print(f"{tool:8s}{r['s_per_step']:10.1f}{r['tokens_per_s']:10.1f}{r['zero_var']:10.2f}"
+              f"{r['rss']:9.2f}G  {r['precision']}")
+    print(f"ratio (TRL s/step / ponder s/step): {results['trl']['s_per_step'] / results['ponder']['s_per_step']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
