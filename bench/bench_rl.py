@@ -33,9 +33,9 @@ def main() -> None:
     med = lambda k: statistics.median(r[k] for r in rows)
     print(f"steps measured: {len(rows)} (first excluded), batch {args.prompts}x{args.group}")
     print(f"rollout tokens/s      {med('tokens_per_s'):10.0f}")
-    print(f"generation s/step     {med('gen_seconds'):10.3f}")
-    print(f"update s/step         {med('train_seconds'):10.3f}")
-    print(f"GRPO s/step           {med('step_time'):10.3f}")
+    print(f"generation s per step {med('gen_seconds'):10.3f}")
+    print(f"update s per step     {med('train_seconds'):10.3f}")
+    print(f"seconds per GRPO step {med('step_time'):10.3f}")
 
 
 if __name__ == "__main__":
