@@ -416,7 +416,7 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
                 except FloatingPointError as e:
                     last = ckpt.latest(ck_root)
                     raise FloatingPointError(
-                        f"{e} at step {step}; stopped. Last good checkpoint: "
+                        f"{e} at step {step + 1}; stopped. Last good checkpoint: "
                         f"{last if last else 'none (no checkpoint was written yet)'}") from None
                 metrics["train_seconds"] = time.perf_counter() - t1
             metrics.update(step_time=time.perf_counter() - t0, lr=lr)

@@ -84,3 +84,48 @@ def test_partial_checkpoint_is_ignored(tmp_path):
     model, tok = new_tiny(TinyModelConfig(hidden_size=32, layers=1, heads=2, mlp_ratio=2))
     ckpt.save(root, 5, model, tok, {"optimizer": {}})
     assert ckpt.latest(root).name == "step-000005"
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(small_model, tmp_path, monkeypatch):
+    import ponder.train as T
+
+    out = tmp_path / "nan"
+    real = T.clipped_policy_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss, clipped = real(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] > 4 else loss), clipped
+
+    monkeypatch.setattr(T, "clipped_policy_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"at step 3; stopped. Last good checkpoint: .*step-000002"):
+        train(_cfg(small_model, out, steps=6, save_every=2))
+    assert [p.name for p in ckpt.complete(out / "checkpoints")] == ["step-000002"]
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(small_model, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "int"
+    code = (
+        "import sys; from ponder.tasks import TASKS; sys.path.insert(0, %r); "
+        "from test_train import DigitsTask, _cfg; TASKS['digits'] = DigitsTask; "
+        "from ponder.train import train; train(_cfg(%r, %r, steps=10**6, save_every=10**6))"
+        % (os.path.dirname(__file__), small_model, str(out))
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "checkpoint saved" in output and "ponder train --resume" in output, output[-2000:]
+    saved = ckpt.latest(out / "checkpoints")
+    assert saved is not None and int(saved.name.split("-")[1]) >= 2
