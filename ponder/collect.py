@@ -10,6 +10,9 @@ each, and keep the accepted ones:
   `<think>…</think>` block then a non-empty answer, ended by EOS, printable
   ASCII (the tiny task's "single language").
 
+Samples whose text does not tokenize back to the sampled tokens are always
+dropped: SFT on their text would not teach what the model produced.
+
 Each line carries its provenance (model and its weights' sha256, task, prompt
 id, seed, sample index, verdict), so a trace set can be traced back. The file
 is written under a temporary name and renamed when complete: a killed run
@@ -67,14 +70,31 @@ def readable(sample: Sample) -> bool:
             and text.isascii() and all(c.isprintable() or c == "\n" for c in text))
 
 
-def accept(samples: list[Sample], verdicts: list[Verdict], keep: str, need_readable: bool) -> list[int]:
+def round_trips(tok, sample: Sample) -> bool:
+    """Does the completion's text tokenize back to the sampled tokens?
+
+    SFT trains on the text, so a sample that does not would teach other tokens
+    than the model produced, or fail (a tokenizer may be unable to encode text
+    its model can generate, e.g. a character-level pre-tokenizer that does not
+    split "\n\n").
+    """
+    ids = list(sample.ids[:-1] if sample.finish == "eos" else sample.ids)
+    try:
+        return tok(sample.text, add_special_tokens=False)["input_ids"] == ids
+    except Exception:  # `tokenizers` raises a plain Exception for text it cannot encode
+        return False
+
+
+def accept(samples: list[Sample], verdicts: list[Verdict], keep: str, need_readable: bool,
+           encodable: list[bool] | None = None) -> list[int]:
     """Indices of the samples to keep from one prompt's group.
 
     Shortest means fewest thinking tokens, then fewest tokens overall, then the
     lowest sample index (so ties are broken deterministically).
     """
-    ok = [i for i, (s, v) in enumerate(zip(samples, verdicts))
-          if v.status == "correct" and (readable(s) or not need_readable)]
+    encodable = encodable or [True] * len(samples)
+    ok = [i for i, (s, v, e) in enumerate(zip(samples, verdicts, encodable))
+          if e and v.status == "correct" and (readable(s) or not need_readable)]
     if keep == "shortest" and ok:
         return [min(ok, key=lambda i: (samples[i].thinking_tokens, len(samples[i].ids), i))]
     return ok
@@ -105,14 +125,16 @@ def collect(cfg: CollectConfig) -> dict:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    n_samples = n_correct = n_kept = solved = kept_think = 0
+    n_samples = n_correct = n_kept = solved = kept_think = n_unencodable = 0
     with tmp.open("w") as f:
         for start in range(0, len(examples), cfg.chunk):
             chunk = examples[start:start + cfg.chunk]
             groups = engine.generate([e.prompt for e in chunk], cfg.k, params, seed=cfg.seed * 7_919 + start)
             for ex, group in zip(chunk, groups):
                 verdicts = [task.verify(s.text, ex) for s in group]
-                kept = accept(group, verdicts, cfg.keep, cfg.readable)
+                encodable = [round_trips(tok, s) for s in group]
+                n_unencodable += len(group) - sum(encodable)
+                kept = accept(group, verdicts, cfg.keep, cfg.readable, encodable)
                 n_samples += len(group)
                 n_correct += sum(v.status == "correct" for v in verdicts)
                 solved += bool(kept)
@@ -128,7 +150,7 @@ def collect(cfg: CollectConfig) -> dict:
                           f"(keep={cfg.keep}, readable={cfg.readable}); nothing to train on")
     os.replace(tmp, out)
     stats = {"prompts": len(examples), "samples": n_samples, "correct_frac": n_correct / n_samples,
-             "prompts_solved_frac": solved / len(examples), "kept": n_kept,
+             "prompts_solved_frac": solved / len(examples), "kept": n_kept, "dropped_unencodable": n_unencodable,
              "kept_mean_thinking_tokens": kept_think / n_kept, "out": str(out), "sha256": sha256_file(out)}
     out.with_name(out.name + ".stats.json").write_text(json.dumps({"config": asdict(cfg), **stats}, indent=1))
     return stats

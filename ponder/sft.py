@@ -130,8 +130,11 @@ def sha256_file(path: str | Path) -> str:
 def encode_trace(tok, t: Trace) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids + EOS), tokenized as the engine sees them: the prompt with
     the tokenizer's specials (BOS), the completion without."""
-    prompt = tok(t.prompt)["input_ids"]
-    completion = tok(t.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    try:
+        prompt = tok(t.prompt)["input_ids"]
+        completion = tok(t.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    except Exception as e:  # `tokenizers` raises a plain Exception for text it cannot encode
+        raise TraceFileError(f"{t.source}: the model's tokenizer cannot encode this trace ({e})") from None
     return prompt, completion
 
 

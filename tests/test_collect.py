@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ponder.collect import CollectConfig, accept, collect, readable
+from ponder.collect import CollectConfig, accept, collect, readable, round_trips
 from ponder.config import ConfigError
 from ponder.engine import Sample
 from ponder.sft import read_traces, sha256_file
@@ -52,19 +52,20 @@ def _cfg(model, out, **kw):
 def test_collect_writes_traces_with_provenance(model, tmp_path):
     stats = collect(_cfg(model, tmp_path / "all.jsonl"))
     rows = [json.loads(l) for l in (tmp_path / "all.jsonl").read_text().splitlines()]
-    assert stats["kept"] == len(rows) == 18 and stats["correct_frac"] == 1.0
-    assert {r["prompt_id"] for r in rows} == {f"train-1-{i}" for i in range(6)}
+    # a random model emits some token runs its own tokenizer cannot re-encode: those are dropped
+    assert stats["kept"] == len(rows) == 18 - stats["dropped_unencodable"] >= 10 and stats["correct_frac"] == 1.0
+    assert {r["prompt_id"] for r in rows} <= {f"train-1-{i}" for i in range(6)}
     r = rows[0]
     assert r["model"] == model and len(r["model_sha256"]) == 64 and r["seed"] == 1 and r["task"] == "any"
     assert r["verdict"] == {"score": 1.0, "status": "correct", "reason": "anything goes"}
-    assert len(read_traces(tmp_path / "all.jsonl")) == 18  # SFT reads what collect writes
+    assert len(read_traces(tmp_path / "all.jsonl")) == len(rows)  # SFT reads what collect writes
     assert not (tmp_path / "all.jsonl.tmp").exists()
     # same seed, same traces; shortest keeps one per prompt, with the fewest thinking tokens
     collect(_cfg(model, tmp_path / "again.jsonl"))
     assert sha256_file(tmp_path / "again.jsonl") == stats["sha256"]
     collect(_cfg(model, tmp_path / "short.jsonl", keep="shortest"))
     short = [json.loads(l) for l in (tmp_path / "short.jsonl").read_text().splitlines()]
-    assert len(short) == 6
+    assert len(short) == len({r["prompt_id"] for r in rows})
     for s in short:
         group = [r["thinking_tokens"] for r in rows if r["prompt_id"] == s["prompt_id"]]
         assert s["thinking_tokens"] == min(group)
@@ -80,3 +81,27 @@ def test_nothing_accepted_fails_and_writes_nothing(model, tmp_path):
 def test_config_refuses_unknown_keep():
     with pytest.raises(ConfigError, match="keep = 'longest' is not valid; choose one of: all, shortest"):
         CollectConfig(keep="longest")
+
+
+def test_samples_whose_text_does_not_round_trip_are_dropped(tiny):
+    _, tok = tiny
+    ok = Sample(0, 0, (1,), tuple(tok("<think>1\n2</think>3", add_special_tokens=False)["input_ids"]) + (2,),
+                "<think>1\n2</think>3", "eos", 3, 1)
+    assert round_trips(tok, ok)
+    assert not round_trips(tok, Sample(0, 0, (1,), (9, 2), "<think>1\n2</think>3", "eos", 3, 1))  # other tokens
+    nl = tok.convert_tokens_to_ids("\n")
+    ids = tuple(tok("<think>1", add_special_tokens=False)["input_ids"]) + (nl, nl)
+    assert not round_trips(tok, Sample(0, 0, (1,), ids, "<think>1\n\n", "length", 3, 0))  # text it cannot encode
+    assert accept([ok, ok], [correct(), correct()], "all", True, encodable=[False, True]) == [1]
+
+
+def test_sft_names_the_trace_the_tokenizer_cannot_encode(tiny, tmp_path):
+    from ponder.sft import SFTConfig, TraceFileError, sft
+    model, tok = tiny
+    from ponder.model import save_model
+    folder = save_model(model, tok, tmp_path / "m")
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"prompt": "1+1=?\\n", "completion": "<think></think>2"}\n'
+                 '{"prompt": "1+2=?\\n", "completion": "<think>\\u00e9</think>3"}\n')
+    with pytest.raises(TraceFileError, match=rf"{p}:2: the model's tokenizer cannot encode this trace"):
+        sft(SFTConfig(model=str(folder), data=str(p), out=str(tmp_path / "o"), progress=False))
