@@ -23,7 +23,7 @@ from statistics import mean
 
 from ponder import config as C
 from ponder.config import ConfigError, option
-from ponder.tasks.base import thinking_text
+from ponder.tasks.base import THINK_CLOSE, THINK_OPEN
 
 # Arithmetic's column method ends each line with the result so far ("so 105").
 DEFAULT_INTERMEDIATE = r"\bso (-?\d+)"
@@ -38,18 +38,35 @@ class Trace:
     after_first_correct: int | None  # thinking tokens after the first correct intermediate answer, if any
 
 
-def tokens_after_first_correct(completion: str, gold: str, pattern: str, count_tokens) -> int | None:
-    """Thinking tokens after the end of the first intermediate answer equal to `gold`, or None.
+def tokens_after_first_correct(pieces: list[str], gold: str, pattern: str) -> int | None:
+    """Thinking tokens that start after the first intermediate answer equal to `gold`, or None.
 
-    >>> tokens_after_first_correct("<think>8+7=15 so 5\\n4+5+1=10 so 105\\ncheck: 57+48=105\\n</think>105",
-    ...                            "105", DEFAULT_INTERMEDIATE, len)
+    `pieces` are the thinking's tokens, each decoded on its own, so offsets in
+    the text map back to tokens without re-encoding it.
+
+    >>> tokens_after_first_correct(list("8+7=15 so 5\\n4+5+1=10 so 105\\ncheck: 57+48=105\\n"), "105",
+    ...                            DEFAULT_INTERMEDIATE)
     18
     """
-    think = thinking_text(completion)
+    think = "".join(pieces)
     for m in re.finditer(pattern, think):
         if m.group(1) == gold:
-            return count_tokens(think[m.end():])
+            at, n = 0, 0
+            for p in pieces:
+                n += at >= m.end()
+                at += len(p)
+            return n
     return None
+
+
+def thinking_pieces(ids: list[int], tok, think_ids: tuple[int | None, int | None]) -> list[str]:
+    """The thinking's tokens (between `<think>` and `</think>` or the end), each decoded alone."""
+    open_id, close_id = think_ids
+    if open_id not in ids:
+        return []
+    a = ids.index(open_id) + 1
+    b = ids.index(close_id, a) if close_id in ids[a:] else len(ids)
+    return [tok.decode([t], skip_special_tokens=True) for t in ids[a:b]]
 
 
 def length_bins(traces: list[Trace], width: int) -> list[dict]:
@@ -82,8 +99,10 @@ def report(traces: list[Trace], bin_width: int = 16) -> dict:
 
 def traces_of(samples, examples, verdicts, tok, pattern: str = DEFAULT_INTERMEDIATE) -> list[Trace]:
     """Traces from a pool: samples[p] are problem p's completions, verdicts[p] their correctness."""
-    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
-    return [Trace(ex.difficulty, s.thinking_tokens, ok, tokens_after_first_correct(s.text, ex.answer, pattern, count))
+    vocab = tok.get_vocab()
+    think_ids = (vocab.get(THINK_OPEN), vocab.get(THINK_CLOSE))
+    return [Trace(ex.difficulty, s.thinking_tokens, ok,
+                  tokens_after_first_correct(thinking_pieces(list(s.ids), tok, think_ids), ex.answer, pattern))
             for ex, group, oks in zip(examples, samples, verdicts) for s, ok in zip(group, oks)]
 
 

@@ -42,9 +42,9 @@ def test_bar_reads_the_table():
 
 
 def test_tokens_after_first_correct_intermediate():
-    text = "<think>6*7=42 so 2\n3*7+4=25 so 252\ncheck: 7*36=252\n</think>252"
-    assert tokens_after_first_correct(text, "252", r"\bso (-?\d+)", len) == len("\ncheck: 7*36=252\n")
-    assert tokens_after_first_correct(text, "999", r"\bso (-?\d+)", len) is None
+    pieces = ["6*7=42", " so 2\n", "3*7+4=25 so ", "252", "\n", "check: 7*36=252\n"]
+    assert tokens_after_first_correct(pieces, "252", r"\bso (-?\d+)") == 2  # the two pieces after "so 252"
+    assert tokens_after_first_correct(pieces, "999", r"\bso (-?\d+)") is None
     rep = report([Trace(1, 10, True, 2), Trace(1, 40, False, None), Trace(2, 5, True, 0)], bin_width=16)
     assert rep["1"]["accuracy_by_thinking_length"] == [
         {"thinking_tokens": [0, 16], "n": 1, "accuracy": True}, {"thinking_tokens": [32, 48], "n": 1, "accuracy": False}]
