@@ -44,6 +44,7 @@ import shutil
 import signal
 import site
 import subprocess
+import sysconfig
 import sys
 import tempfile
 import time
@@ -263,7 +264,15 @@ def _python_roots() -> list[str]:
 
 
 def _site_dirs() -> list[str]:
+    """Every site-packages the sandboxed interpreter could import from.
+
+    In a virtual environment that is the venv's own and, should the venv's
+    configuration be out of reach, the base interpreter's: both are hidden.
+    """
     dirs = list(site.getsitepackages())
+    for prefix in {sys.prefix, sys.base_prefix}:
+        paths = sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})
+        dirs += [paths["purelib"], paths["platlib"]]
     if site.ENABLE_USER_SITE and site.getusersitepackages():
         dirs.append(site.getusersitepackages())
     return sorted({os.path.realpath(d) for d in dirs if os.path.isdir(d)})
