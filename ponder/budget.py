@@ -57,7 +57,7 @@ def check_budget(thinking_budget: int | None, min_thinking: int, answer_reserve:
                           f"{max_new_tokens - OVERHEAD} for max_new_tokens={max_new_tokens} "
                           f"(room for <think></think> and the answer)")
     if thinking_budget is not None and not (thinking_budget == ADAPTIVE or 0 <= thinking_budget <= hi):
-        raise ConfigError(f"thinking_budget {thinking_budget} is out of range; valid values: None (no control), "
+        raise ConfigError(f"thinking_budget {thinking_budget} is out of range; valid values: none (no control), "
                           f"-1 (adaptive), 0 (no thinking) or 1..{hi} tokens (max_new_tokens {max_new_tokens} "
                           f"minus answer_reserve {answer_reserve} minus 2), or an effort level: {', '.join(EFFORT)}")
     cap = hi if thinking_budget in (None, ADAPTIVE) else thinking_budget
