@@ -34,11 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-PROMPTS, GROUP, MAX_TOKENS, TEMPERATURE, LR = 8, 8, 128, 1.0, 1e-6
+TEMPERATURE, LR = 1.0, 1e-6
 TASK_OPTIONS = "min_digits=1 max_digits=2 ops=add"
 
 
-def shared_setup(model: str):
+def shared_setup(model: str, prompts: int, group: int):
     """The model folder, the chat-wrapped task and each step's examples, identical for both tools."""
     from ponder.chat import adapt_task
     from ponder.model import load_model, resolve_model_path
@@ -48,7 +48,7 @@ def shared_setup(model: str):
     folder = resolve_model_path(model)
     _, tok = load_model(folder)
     task = adapt_task(get_task("arithmetic", **parse_task_options(TASK_OPTIONS)), tok, "chat")
-    cfg = RLConfig(prompts_per_step=PROMPTS, group_size=GROUP)
+    cfg = RLConfig(prompts_per_step=prompts, group_size=group)
     return folder, task, lambda step: step_examples(task, cfg, step, 0)
 
 
@@ -57,14 +57,14 @@ def zero_var_fraction(rewards_by_prompt: dict[str, list[float]]) -> float:
     return sum(max(g) == min(g) for g in groups) / len(groups)
 
 
-def run_ponder(model: str, steps: int, threads: int, out: Path) -> dict:
+def run_ponder(a, out: Path) -> dict:
     from ponder.train import RLConfig, train
 
-    folder, _, _ = shared_setup(model)
-    cfg = RLConfig(model=str(folder), task="arithmetic", task_options=TASK_OPTIONS, out=str(out), steps=steps,
-                   prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=MAX_TOKENS,
+    folder, _, _ = shared_setup(a.model, a.prompts, a.group)
+    cfg = RLConfig(model=str(folder), task="arithmetic", task_options=TASK_OPTIONS, out=str(out), steps=a.steps,
+                   prompts_per_step=a.prompts, group_size=a.group, max_new_tokens=a.max_tokens,
                    temperature=TEMPERATURE, lr=LR, warmup=1, track_kl=False, prompt_format="chat",
-                   precision="bf16", micro_batch=16, threads=threads, save_every=10**6, tensorboard=False,
+                   precision="bf16", micro_batch=16, threads=a.threads, save_every=10**6, tensorboard=False,
                    progress=False)
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -73,15 +73,15 @@ def run_ponder(model: str, steps: int, threads: int, out: Path) -> dict:
             "zero_var": [r["zero_var_frac"] for r in rows], "precision": "bf16 autocast"}
 
 
-def run_trl(model: str, steps: int, threads: int, out: Path, bf16: bool) -> dict:
+def run_trl(a, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    torch.set_num_threads(threads)
-    folder, task, examples_of = shared_setup(model)
-    steps_examples = [examples_of(s) for s in range(steps)]
+    torch.set_num_threads(a.threads)
+    folder, task, examples_of = shared_setup(a.model, a.prompts, a.group)
+    steps_examples = [examples_of(s) for s in range(a.steps)]
     by_prompt = {ex.prompt: ex for exs in steps_examples for ex in exs}
     rows = [{"prompt": ex.prompt} for exs in steps_examples for ex in exs]  # step-major, no shuffling
     rewards_seen: list[dict[str, list[float]]] = []
@@ -109,25 +109,24 @@ def run_trl(model: str, steps: int, threads: int, out: Path, bf16: bool) -> dict
                 lengths.append(logs["completions/mean_length"])
 
     args = GRPOConfig(
-        output_dir=str(out), per_device_train_batch_size=GROUP, gradient_accumulation_steps=PROMPTS,
-        num_generations=GROUP, max_completion_length=MAX_TOKENS, temperature=TEMPERATURE, learning_rate=LR,
-        beta=0.0, max_steps=steps, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-        bf16=bf16, shuffle_dataset=False, seed=0, disable_tqdm=True)
+        output_dir=str(out), per_device_train_batch_size=a.group, gradient_accumulation_steps=a.prompts,
+        num_generations=a.group, max_completion_length=a.max_tokens, temperature=TEMPERATURE, learning_rate=LR,
+        beta=0.0, max_steps=a.steps, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
+        bf16=a.trl_bf16, shuffle_dataset=False, seed=0, disable_tqdm=True)
     tok = AutoTokenizer.from_pretrained(folder)
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
                           reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, callbacks=[Clock()])
     trainer.train()
     step_s = [b - a for a, b in zip(marks, marks[1:])]
-    return {"step_seconds": step_s, "completion_tokens": [m * PROMPTS * GROUP for m in lengths],
+    return {"step_seconds": step_s, "completion_tokens": [m * a.prompts * a.group for m in lengths],
             "zero_var": [zero_var_fraction(g) for g in rewards_seen],
-            "precision": "bf16 autocast" if bf16 else "fp32"}
+            "precision": "bf16 autocast" if a.trl_bf16 else "fp32"}
 
 
 def child(tool: str, args) -> int:
     with tempfile.TemporaryDirectory() as d:
-        res = (run_ponder(args.model, args.steps, args.threads, Path(d)) if tool == "ponder"
-               else run_trl(args.model, args.steps, args.threads, Path(d), args.trl_bf16))
+        res = run_ponder(args, Path(d)) if tool == "ponder" else run_trl(args, Path(d))
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     Path(args.result).write_text(json.dumps(res))
     return 0
@@ -147,6 +146,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="steps per tool; the first is warm-up")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trl-bf16", action="store_true", help="give TRL bf16 autocast as well")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step (the comparison uses 8)")
+    ap.add_argument("--group", type=int, default=8, help="samples per prompt (the comparison uses 8)")
+    ap.add_argument("--max-tokens", type=int, default=128, help="completion token limit (the comparison uses 128)")
     ap.add_argument("--only", choices=("ponder", "trl"), help="run one tool (what the parent does per child)")
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -159,11 +161,12 @@ def main() -> int:
         for tool in ("ponder", "trl"):
             path = Path(d) / f"{tool}.json"
             cmd = [sys.executable, __file__, "--only", tool, "--result", str(path), "--model", args.model,
-                   "--steps", str(args.steps), "--threads", str(args.threads)] + (["--trl-bf16"] if args.trl_bf16 else [])
+                   "--steps", str(args.steps), "--threads", str(args.threads), "--prompts", str(args.prompts),
+                   "--group", str(args.group), "--max-tokens", str(args.max_tokens)] + (["--trl-bf16"] if args.trl_bf16 else [])
             print(f"running {tool} ...", flush=True)
             subprocess.run(cmd, check=True)
             results[tool] = summary(json.loads(path.read_text()))
-    print(f"\nwork per step: {PROMPTS} prompts x {GROUP} samples, <= {MAX_TOKENS} tokens, T={TEMPERATURE}; "
+    print(f"\nwork per step: {args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, T={TEMPERATURE}; "
           f"{args.steps} steps, first excluded; {args.threads} threads")
     print(f"{'':8s}{'s/step':>10s}{'tok/s':>10s}{'zero-var':>10s}{'peak RSS':>10s}  precision")
     for tool, r in results.items():

@@ -365,6 +365,10 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     if cfg.kl_coef > 0 or cfg.track_kl:
         ref_model, _ = load_model(cfg.model)
         ref_model.requires_grad_(False)
+    if cfg.precision == "bf16" and hasattr(model, "set_attn_implementation"):
+        # CPU flash attention's bf16 backward is slower than eager attention at RL lengths
+        # (SmolLM2-135M, 16 rows x 100 tokens: 7.6 s vs 4.7 s); rollouts use ponder's decoder anyway.
+        model.set_attn_implementation("eager")
     if cfg.lora_rank:
         model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     opt = torch.optim.AdamW(lora.trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -380,6 +384,8 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
             model = lora.load_adapter_checkpoint(load_model(cfg.model)[0], last)
         else:
             model = AutoModelForCausalLM.from_pretrained(last, dtype=torch.float32)
+        if cfg.precision == "bf16" and hasattr(lora.plain_model(model), "set_attn_implementation"):
+            lora.plain_model(model).set_attn_implementation("eager")
         opt = torch.optim.AdamW(lora.trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 betas=(0.9, 0.99))
         state = ckpt.load_state(last)
