@@ -15,11 +15,13 @@ first step is warm-up and excluded. Printed: s/step, completion tokens/s
 (completion tokens / step wall time), the fraction of zero-variance groups,
 peak RSS, and last the ratio TRL s/step / ponder s/step.
 
-Settings that differ, on purpose, and are printed: ponder runs bf16 autocast
-matmuls (`precision = "bf16"`; weights and optimizer fp32); TRL runs as its
-users run it on a CPU, fp32 (`--trl-bf16` gives it bf16 autocast too). Neither
-computes a KL term (TRL's default beta = 0; ponder's track_kl off). TRL is a
-benchmark dependency only: `pip install trl`.
+Settings that differ, on purpose, and are printed: ponder runs bf16 matmuls
+(`precision = "bf16"`: rollouts from a bf16 copy of the policy, bf16 autocast in
+the update, weights and optimizer fp32; `--ponder-precision fp32` turns it off);
+TRL runs as its users run it on a CPU, fp32 (`--trl-bf16` gives it bf16 autocast
+too). Neither computes a KL term (TRL's default beta = 0; ponder's track_kl
+off). Both do a forward/backward on every group, zero-variance ones included.
+TRL is a benchmark dependency only: `pip install trl`.
 """
 
 from __future__ import annotations
@@ -64,13 +66,14 @@ def run_ponder(a, out: Path) -> dict:
     cfg = RLConfig(model=str(folder), task="arithmetic", task_options=TASK_OPTIONS, out=str(out), steps=a.steps,
                    prompts_per_step=a.prompts, group_size=a.group, max_new_tokens=a.max_tokens,
                    temperature=TEMPERATURE, lr=LR, warmup=1, track_kl=False, prompt_format="chat",
-                   precision="bf16", micro_batch=16, threads=a.threads, save_every=10**6, tensorboard=False,
+                   precision=a.ponder_precision, micro_batch=16, threads=a.threads, save_every=10**6, tensorboard=False,
                    progress=False)
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"step_seconds": [r["step_time"] for r in rows],
             "completion_tokens": [r["tokens_per_s"] * r["gen_seconds"] for r in rows],
-            "zero_var": [r["zero_var_frac"] for r in rows], "precision": "bf16 autocast"}
+            "zero_var": [r["zero_var_frac"] for r in rows],
+            "precision": "bf16 rollouts + autocast" if a.ponder_precision == "bf16" else "fp32"}
 
 
 def run_trl(a, out: Path) -> dict:
@@ -146,6 +149,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="steps per tool; the first is warm-up")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trl-bf16", action="store_true", help="give TRL bf16 autocast as well")
+    ap.add_argument("--ponder-precision", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step (the comparison uses 8)")
     ap.add_argument("--group", type=int, default=8, help="samples per prompt (the comparison uses 8)")
     ap.add_argument("--max-tokens", type=int, default=128, help="completion token limit (the comparison uses 128)")
@@ -162,7 +166,8 @@ def main() -> int:
             path = Path(d) / f"{tool}.json"
             cmd = [sys.executable, __file__, "--only", tool, "--result", str(path), "--model", args.model,
                    "--steps", str(args.steps), "--threads", str(args.threads), "--prompts", str(args.prompts),
-                   "--group", str(args.group), "--max-tokens", str(args.max_tokens)] + (["--trl-bf16"] if args.trl_bf16 else [])
+                   "--group", str(args.group), "--max-tokens", str(args.max_tokens),
+                   "--ponder-precision", args.ponder_precision] + (["--trl-bf16"] if args.trl_bf16 else [])
             print(f"running {tool} ...", flush=True)
             subprocess.run(cmd, check=True)
             results[tool] = summary(json.loads(path.read_text()))
