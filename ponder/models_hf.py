@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from ponder.config import ConfigError
@@ -144,6 +145,7 @@ def gguf_to_folder(path: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     check_gguf(path)
+    print(f"converting {path.name} once into {out} (dequantized to fp32; reused after)", file=sys.stderr)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
