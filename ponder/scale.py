@@ -289,27 +289,43 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
 
 
 def plot(entries: list[dict], path: str | Path, title: str) -> None:
-    """Accuracy against total generated tokens (log x), one line per strategy family and budget."""
+    """Accuracy against total generated tokens (log x).
+
+    Left: every strategy without a thinking budget, one line per family.
+    Right: maj@k (solid) and pass@k (dashed) for each thinking budget.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    lines: dict[str, list[tuple[float, float]]] = {}
+    from matplotlib.ticker import NullFormatter
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    families: dict[str, list[tuple[float, float]]] = {}
     for e in entries:
-        family = e["strategy"].split("@")[0]
-        if family == "adaptive":
-            family += f" b={e['batch']}"
-        budget = "" if e["thinking_budget"] is None else f" (budget {e['thinking_budget']})"
-        lines.setdefault(family + budget, []).append((e["generated_tokens"], e["accuracy"]))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, pts in sorted(lines.items()):
+        if e["thinking_budget"] is None:
+            families.setdefault(e["strategy"].split("@")[0], []).append((e["generated_tokens"], e["accuracy"]))
+    markers = "osD^v<>ph*"
+    for n, (name, pts) in enumerate(sorted(families.items())):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("generated tokens (total over the split)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+        style = "" if name in ("adaptive", "greedy") else "-"  # adaptive settings are points, not a curve
+        left.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=markers[n % len(markers)], ms=4,
+                  color=plt.cm.tab10(n % 10), label=name)
+    budgets = sorted({e["thinking_budget"] for e in entries}, key=lambda b: (b is not None, b if b is not None else 0))
+    for n, budget in enumerate(budgets):
+        for family, dash in (("maj", "-"), ("pass", "--")):
+            pts = sorted((e["generated_tokens"], e["accuracy"]) for e in entries
+                         if e["thinking_budget"] == budget and e["strategy"].startswith(family + "@"))
+            if pts:
+                right.plot([p[0] for p in pts], [p[1] for p in pts], dash, marker="o", ms=3, color=plt.cm.tab10(n % 10),
+                           label=f"{family}@k, budget {'none' if budget is None else budget}")
+    for ax, name in ((left, "strategies (no thinking budget)"), (right, "thinking budgets")):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only; minor ones overlap
+        ax.set_xlabel("generated tokens (total over the split)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    left.set_ylabel("accuracy")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
