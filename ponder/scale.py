@@ -273,6 +273,8 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature)
         for n in _ints(cfg.search_n):
             for diverse, name in ((False, "beam_search"), (True, "dvts")):
+                if diverse and n == cfg.search_width:
+                    continue  # one subtree: DVTS is beam search with a single beam, already measured
                 res = []
                 for i in range(0, len(prompts), cfg.chunk):
                     res += step_search(engine, prm, prompts[i:i + cfg.chunk], n, cfg.search_width, params,
