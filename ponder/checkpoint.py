@@ -66,3 +66,16 @@ def latest(ckpt_root: str | Path) -> Path | None:
 
 def load_state(ckpt: Path) -> dict:
     return torch.load(ckpt / "trainer_state.pt", weights_only=False)
+
+
+class StopFlag:
+    """A SIGINT handler for resumable loops: Ctrl-C sets a flag; the loop finishes its
+    step, saves a checkpoint and says how to resume. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.set = False
+
+    def __call__(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True

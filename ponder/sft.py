@@ -216,18 +216,6 @@ def make_optimizer(model, cfg: SFTConfig, total: int):
 
 
 # -- the run ------------------------------------------------------------------------------------
-class _StopFlag:
-    """Ctrl-C sets a flag; the loop finishes the step, saves, and says how to resume."""
-
-    def __init__(self):
-        self.set = False
-
-    def __call__(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-
 def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
     """Fine-tune on `cfg.data`; returns OUT/model. Resumes exactly from OUT/checkpoints."""
     if cfg.threads:
@@ -266,7 +254,7 @@ def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
     # RunLog keeps lines with step < resume_step; lines are numbered by steps done, so the
     # checkpoint's own step (line `start`) is kept and only steps that will be redone are dropped.
     log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start + 1 if resume else 0)
-    stop = _StopFlag()
+    stop = ckpt.StopFlag()
     previous = signal.signal(signal.SIGINT, stop)
     bar = tqdm(range(start, total), desc=f"{log_prefix}SFT", initial=start, total=total,
                disable=not cfg.progress, mininterval=1)

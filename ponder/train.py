@@ -42,6 +42,7 @@ from ponder.runlog import RunLog
 from ponder.tasks import get_task
 from ponder.tasks.base import Example, Task, format_score
 from ponder.verdict import Verdict
+from ponder.verify import verify_batch
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -138,9 +139,14 @@ def parse_task_options(text: str) -> dict:
 
 
 # -- rewards -------------------------------------------------------------------------
+VERIFY_THREADS = 8
+
+
 def score(task: Task, samples: list[Sample], examples: list[Example], format_weight: float):
     """Verdicts and rewards for a flat list of samples; invalid verdicts get reward NaN."""
-    verdicts: list[Verdict] = [task.verify(s.text, ex) for s, ex in zip(samples, examples)]
+    # Concurrent: math checks run in worker processes and code in sandboxes, so threads
+    # only wait on them; a verifier that raises becomes `invalid` for that sample.
+    verdicts: list[Verdict] = verify_batch(task, [s.text for s in samples], examples, threads=VERIFY_THREADS)
     rewards = [float("nan") if v.status == "invalid" else v.score + format_weight * format_score(s.text)
                for s, v in zip(samples, verdicts)]
     return verdicts, rewards
@@ -170,8 +176,12 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int) -> dict:
                               seed=cfg.seed * 7_919 + step * 13 + round_)
         gen_s += engine.last_stats.seconds
         gen_tokens += engine.last_stats.generated_tokens
-        for ex, group in zip(examples, out):
-            verdicts, rewards = score(task, group, [ex] * len(group), cfg.format_weight)
+        flat = [s for group in out for s in group]
+        flat_verdicts, flat_rewards = score(task, flat, [ex for ex, g in zip(examples, out) for _ in g],
+                                            cfg.format_weight)  # the whole round at once: one pool
+        G = cfg.group_size
+        for i, (ex, group) in enumerate(zip(examples, out)):
+            verdicts, rewards = flat_verdicts[i * G:(i + 1) * G], flat_rewards[i * G:(i + 1) * G]
             all_samples += group
             all_verdicts += verdicts
             all_rewards += rewards
@@ -341,18 +351,6 @@ def build_batch(groups, pad_id: int, advantage_fn) -> dict:
 
 
 # -- the run -----------------------------------------------------------------------------
-class _StopFlag:
-    """Ctrl-C sets a flag; the loop finishes the step, saves, and says how to resume."""
-
-    def __init__(self):
-        self.set = False
-
-    def __call__(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-
 def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -397,7 +395,7 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" else ADVANTAGES[cfg.advantage]
     aggregate = AGGREGATIONS[cfg.loss_agg]
     log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start)
-    stop = _StopFlag()
+    stop = ckpt.StopFlag()
     sampler = None  # the model rollouts sample from (a bf16 copy with precision = "bf16")
     previous = signal.signal(signal.SIGINT, stop)
     bar = tqdm(range(start, cfg.steps), desc=f"{log_prefix}GRPO", initial=start, total=cfg.steps,
