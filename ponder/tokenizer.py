@@ -22,8 +22,9 @@ CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]  # digits, lett
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
-    # Every character is its own pre-token; the WordLevel vocab then maps it to an id.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # Every character is its own pre-token (newlines too, which "." would miss); the
+    # WordLevel vocab then maps it to an id.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([PAD, BOS, EOS])
     tok.add_tokens([THINK_OPEN, THINK_CLOSE])  # not "special": decoding keeps them in the text

@@ -394,7 +394,7 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" else ADVANTAGES[cfg.advantage]
     aggregate = AGGREGATIONS[cfg.loss_agg]
-    log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start)
+    log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start + 1 if start else 0)  # keep steps <= start
     stop = ckpt.StopFlag()
     sampler = None  # the model rollouts sample from (a bf16 copy with precision = "bf16")
     previous = signal.signal(signal.SIGINT, stop)

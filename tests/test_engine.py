@@ -76,3 +76,11 @@ def test_thinking_and_answer_token_counts(tiny):
     ids = tok("<think>1+2=3</think>3", add_special_tokens=False)["input_ids"]
     assert e.count_sections(ids, "<think>1+2=3</think>3") == (5, 1)
     assert e.count_sections(tok("42", add_special_tokens=False)["input_ids"], "42") == (0, 2)
+
+
+def test_tokenizer_round_trips_any_printable_text_including_blank_lines(tiny):
+    _, tok = tiny
+    text = "12+34=?\n<think>a\n\n  b\tc</think>46\n\n"
+    text = text.replace("\t", " ")  # tabs are not in the tiny vocabulary
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text and len(ids) == len(text) - len("<think>") - len("</think>") + 2

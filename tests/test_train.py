@@ -129,3 +129,11 @@ def test_ctrl_c_saves_and_says_how_to_resume(small_model, tmp_path):
     assert "checkpoint saved" in output and "ponder train --resume" in output, output[-2000:]
     saved = ckpt.latest(out / "checkpoints")
     assert saved is not None and int(saved.name.split("-")[1]) >= 2
+
+
+def test_resume_keeps_the_metrics_of_the_checkpointed_step(small_model, tmp_path):
+    out = tmp_path / "log"
+    train(_cfg(small_model, out, steps=3, save_every=3))
+    train(_cfg(small_model, out, steps=5, save_every=3), resume=True)
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
