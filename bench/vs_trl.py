@@ -66,7 +66,7 @@ def run_ponder(a, out: Path) -> dict:
     cfg = RLConfig(model=str(folder), task="arithmetic", task_options=TASK_OPTIONS, out=str(out), steps=a.steps,
                    prompts_per_step=a.prompts, group_size=a.group, max_new_tokens=a.max_tokens,
                    temperature=TEMPERATURE, lr=LR, warmup=1, track_kl=False, prompt_format="chat",
-                   precision=a.ponder_precision, micro_batch=16, threads=a.threads, save_every=10**6, tensorboard=False,
+                   precision=a.ponder_precision, micro_batch=4, threads=a.threads, save_every=10**6, tensorboard=False,
                    progress=False)
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
