@@ -75,8 +75,7 @@ def round_trips(tok, sample: Sample) -> bool:
 
     SFT trains on the text, so a sample that does not would teach other tokens
     than the model produced, or fail (a tokenizer may be unable to encode text
-    its model can generate, e.g. a character-level pre-tokenizer that does not
-    split "\n\n").
+    its model can generate, e.g. a character outside a character vocabulary).
     """
     ids = list(sample.ids[:-1] if sample.finish == "eos" else sample.ids)
     try:
