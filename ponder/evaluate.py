@@ -60,7 +60,6 @@ def _generate(engine: Engine, prompts: list[str], n: int, params: SamplingParams
 
 
 def evaluate(model, tok, task: Task, cfg: EvalConfig) -> dict:
-    from ponder.tasks.base import Example  # noqa: F401  (documents the element type below)
     task = adapt_task(task, tok, cfg.prompt_format)
     examples = task.examples(cfg.split, cfg.problems, seed=cfg.seed)
     engine = Engine(rollout_copy(model, cfg.precision), tok)

@@ -19,7 +19,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import contextlib

@@ -7,7 +7,6 @@ name fails with the list of valid ones.
 from __future__ import annotations
 
 import inspect
-import sys
 from typing import Callable
 
 from ponder.config import ConfigError
