@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ponder.metrics import peak_rss_gb
 
 TEMPERATURE, LR = 1.0, 1e-6
 TASK_OPTIONS = "min_digits=1 max_digits=2 ops=add"
@@ -66,7 +67,7 @@ def run_ponder(a, out: Path) -> dict:
     cfg = RLConfig(model=str(folder), task="arithmetic", task_options=TASK_OPTIONS, out=str(out), steps=a.steps,
                    prompts_per_step=a.prompts, group_size=a.group, max_new_tokens=a.max_tokens,
                    temperature=TEMPERATURE, lr=LR, warmup=1, track_kl=False, prompt_format="chat",
-                   precision=a.ponder_precision, micro_batch=4, threads=a.threads, save_every=10**6, tensorboard=False,
+                   precision=a.ponder_precision, threads=a.threads, save_every=10**6, tensorboard=False,
                    progress=False)
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -130,7 +131,7 @@ def run_trl(a, out: Path) -> dict:
 def child(tool: str, args) -> int:
     with tempfile.TemporaryDirectory() as d:
         res = run_ponder(args, Path(d)) if tool == "ponder" else run_trl(args, Path(d))
-    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    res["peak_rss_gb"] = peak_rss_gb()
     Path(args.result).write_text(json.dumps(res))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 from statistics import mean
 
 from ponder.tasks.base import thinking_text
@@ -18,6 +19,11 @@ def shows_self_check(completion: str) -> bool:
     (True, False)
     """
     return bool(_SELF_CHECK.search(thinking_text(completion)))
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def rollout_metrics(samples, verdicts, rewards) -> dict[str, float]:

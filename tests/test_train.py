@@ -137,3 +137,29 @@ def test_resume_keeps_the_metrics_of_the_checkpointed_step(small_model, tmp_path
     train(_cfg(small_model, out, steps=5, save_every=3), resume=True)
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_row_chunks_respect_row_and_token_caps():
+    from ponder.train import row_chunks
+    lengths = torch.tensor([5, 3, 9, 9, 2, 7, 1, 4])
+    rows = torch.arange(8)
+    # rows of similar length together, every row exactly once
+    for micro_batch, max_tokens in [(16, 0), (3, 0), (0, 18), (3, 10), (0, 5)]:
+        chunks = row_chunks(rows, lengths, micro_batch, max_tokens)
+        assert sorted(torch.cat(chunks).tolist()) == list(range(8))
+        for c in chunks:
+            assert not micro_batch or len(c) <= micro_batch
+            # a chunk costs rows x its longest row; a single over-long row still gets a chunk
+            assert not max_tokens or len(c) == 1 or len(c) * int(lengths[c].max()) <= max_tokens
+    assert [c.tolist() for c in row_chunks(rows, lengths, 0, 18)] == [[6, 4, 1, 7], [0, 5], [2, 3]]
+    assert len(row_chunks(rows, lengths, 0, 0)) == 1
+
+
+def test_chunk_token_cap_follows_the_model_size():
+    from ponder.train import ACTIVATION_BUDGET, chunk_tokens
+    tiny, _ = new_tiny(TinyModelConfig())
+    width = tiny.config.hidden_size * tiny.config.num_hidden_layers
+    assert chunk_tokens(tiny, -1) == ACTIVATION_BUDGET // width
+    assert chunk_tokens(tiny, 0) == 0 and chunk_tokens(tiny, 500) == 500
+    with pytest.raises(Exception, match="micro_batch_tokens"):
+        RLConfig(micro_batch_tokens=-2)
