@@ -6,6 +6,11 @@ each, and keep the accepted ones:
 - `keep = "all"`: every correct sample (rejection-sampling SFT data);
 - `keep = "shortest"`: the correct sample with the fewest thinking tokens
   per prompt ("long2short" distillation data);
+- `budgets = "none,0,16,32"`: draw the k samples at each of these thinking
+  budgets (see `ponder.budget`; "none" = the model's own length). A model
+  trained by RL thinks at full length on every problem, so its own samples
+  offer "shortest" little to choose from; samples whose thinking was cut at a
+  budget and still ended correct show where less thinking suffices;
 - `readable = true` also drops samples that are not well formed: one
   `<think>…</think>` block then a non-empty answer, ended by EOS, printable
   ASCII (the tiny task's "single language").
@@ -51,6 +56,11 @@ class CollectConfig:
     max_new_tokens: int = option(128, "completion token limit")
     keep: str = option("all", "which accepted samples to keep per problem", choices=KEEP)
     readable: bool = option(True, "keep only well-formed <think>…</think>answer samples ended by EOS")
+    budgets: str = option("none", "thinking budgets to draw the k samples at, comma-separated: none (the "
+                          "model's own length) or a token count; k samples at each")
+    min_budget_accuracy: float = option(0.0, "keep = shortest with several budgets: only budgets whose k "
+                                        "samples were correct at least this often on the prompt compete "
+                                        "(unless none was)")
     seed: int = option(0, "seed of the problems and of sampling")
     out: str = option("runs/traces.jsonl", "JSONL file to write")
     chunk: int = option(64, "prompts per generation batch")
@@ -61,6 +71,27 @@ class CollectConfig:
         for name in ("prompts", "k", "max_new_tokens", "chunk"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.min_budget_accuracy <= 1:
+            raise ConfigError(f"min_budget_accuracy must be in [0, 1], got {self.min_budget_accuracy}")
+        for b in parse_budgets(self.budgets):  # SamplingParams checks each against max_new_tokens
+            SamplingParams(self.max_new_tokens, thinking_budget=b)
+
+
+def parse_budgets(text: str) -> list[int | None]:
+    """'none,0,16' -> [None, 0, 16]."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "none":
+            out.append(None)
+        elif item.lstrip("-").isdigit():
+            out.append(int(item))
+        else:
+            raise ConfigError(f"collect budgets: {item!r} is neither 'none' nor a token count "
+                              f"(e.g. budgets = \"none,0,16,32\")")
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"collect budgets must be distinct and non-empty, got {text!r}")
+    return out
 
 
 def readable(sample: Sample) -> bool:
@@ -85,23 +116,36 @@ def round_trips(tok, sample: Sample) -> bool:
 
 
 def accept(samples: list[Sample], verdicts: list[Verdict], keep: str, need_readable: bool,
-           encodable: list[bool] | None = None) -> list[int]:
+           encodable: list[bool] | None = None, budget_of: list | None = None,
+           min_budget_accuracy: float = 0.0) -> list[int]:
     """Indices of the samples to keep from one prompt's group.
 
     Shortest means fewest thinking tokens, then fewest tokens overall, then the
-    lowest sample index (so ties are broken deterministically).
+    lowest sample index (so ties are broken deterministically). With samples
+    drawn at several thinking budgets (`budget_of[i]` is sample i's), shortest
+    only looks at budgets whose samples were correct at least
+    `min_budget_accuracy` of the time on this prompt — a lucky direct answer
+    would teach the model to skip thinking where it usually fails — unless no
+    budget is that reliable.
     """
     encodable = encodable or [True] * len(samples)
     ok = [i for i, (s, v, e) in enumerate(zip(samples, verdicts, encodable))
           if e and v.status == "correct" and (readable(s) or not need_readable)]
+    if keep == "shortest" and budget_of is not None and min_budget_accuracy > 0:
+        correct = [v.status == "correct" for v in verdicts]
+        rate = {b: sum(c for c, bb in zip(correct, budget_of) if bb == b) / budget_of.count(b) for b in set(budget_of)}
+        reliable = [i for i in ok if rate[budget_of[i]] >= min_budget_accuracy]
+        ok = reliable or ok
     if keep == "shortest" and ok:
         return [min(ok, key=lambda i: (samples[i].thinking_tokens, len(samples[i].ids), i))]
     return ok
 
 
-def trace_row(ex: Example, s: Sample, v: Verdict, cfg: CollectConfig, model_sha: str) -> dict:
+def trace_row(ex: Example, s: Sample, v: Verdict, cfg: CollectConfig, model_sha: str,
+              index: int, budget: int | None) -> dict:
     return {"prompt": ex.prompt, "completion": s.text, "prompt_id": ex.id, "answer": ex.answer,
-            "sample_index": s.sample_index, "thinking_tokens": s.thinking_tokens, "finish": s.finish,
+            "sample_index": index, "thinking_budget": budget, "thinking_tokens": s.thinking_tokens,
+            "finish": s.finish,
             "verdict": {"score": v.score, "status": v.status, "reason": v.reason},
             "model": cfg.model, "model_sha256": model_sha, "task": cfg.task,
             "task_options": cfg.task_options, "split": cfg.split, "seed": cfg.seed}
@@ -119,7 +163,7 @@ def collect(cfg: CollectConfig) -> dict:
     weights = resolve_model_path(cfg.model) / "model.safetensors"
     model_sha = sha256_file(weights) if weights.is_file() else ""
     engine = Engine(model, tok)
-    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    budgets = parse_budgets(cfg.budgets)
     examples = task.examples(cfg.split, cfg.prompts, seed=cfg.seed)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,19 +172,26 @@ def collect(cfg: CollectConfig) -> dict:
     with tmp.open("w") as f:
         for start in range(0, len(examples), cfg.chunk):
             chunk = examples[start:start + cfg.chunk]
-            groups = engine.generate([e.prompt for e in chunk], cfg.k, params, seed=cfg.seed * 7_919 + start)
-            for ex, group in zip(chunk, groups):
+            prompts = [e.prompt for e in chunk]
+            by_budget = [engine.generate(prompts, cfg.k, SamplingParams(cfg.max_new_tokens, cfg.temperature,
+                                                                        cfg.top_p, thinking_budget=b),
+                                         seed=cfg.seed * 7_919 + start + 104_729 * j)
+                         for j, b in enumerate(budgets)]
+            for i, ex in enumerate(chunk):
+                # sample index j * k + s: budget j's s-th sample (budget 0 of `budgets` = the old seeds)
+                group = [s for groups in by_budget for s in groups[i]]
+                budget_of = [b for b in budgets for _ in range(cfg.k)]
                 verdicts = [task.verify(s.text, ex) for s in group]
                 encodable = [round_trips(tok, s) for s in group]
                 n_unencodable += len(group) - sum(encodable)
-                kept = accept(group, verdicts, cfg.keep, cfg.readable, encodable)
+                kept = accept(group, verdicts, cfg.keep, cfg.readable, encodable, budget_of, cfg.min_budget_accuracy)
                 n_samples += len(group)
                 n_correct += sum(v.status == "correct" for v in verdicts)
                 solved += bool(kept)
                 n_kept += len(kept)
-                for i in kept:
-                    kept_think += group[i].thinking_tokens
-                    f.write(json.dumps(trace_row(ex, group[i], verdicts[i], cfg, model_sha)) + "\n")
+                for j in kept:
+                    kept_think += group[j].thinking_tokens
+                    f.write(json.dumps(trace_row(ex, group[j], verdicts[j], cfg, model_sha, j, budget_of[j])) + "\n")
         f.flush()
         os.fsync(f.fileno())
     if n_kept == 0:

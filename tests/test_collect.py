@@ -37,6 +37,22 @@ def test_accept_all_and_shortest():
     assert accept(group, [wrong("x")] * 5, "shortest", need_readable=True) == []
 
 
+def test_shortest_across_budgets_only_trusts_reliable_budgets():
+    # budget 0: one lucky direct answer in two; budget None: thinks, always right
+    group = [_sample("<think></think>7", 0, j=0), _sample("<think></think>8", 0, j=1),
+             _sample("<think>ab</think>7", 2, j=2), _sample("<think>abc</think>7", 3, j=3)]
+    verdicts = [correct(), wrong("8"), correct(), correct()]
+    budget_of = [0, 0, None, None]
+    assert accept(group, verdicts, "shortest", True, budget_of=budget_of) == [0]  # plain shortest
+    assert accept(group, verdicts, "shortest", True, budget_of=budget_of, min_budget_accuracy=0.5) == [0]
+    assert accept(group, verdicts, "shortest", True, budget_of=budget_of, min_budget_accuracy=1.0) == [2]
+    # no budget reliable enough: the plain shortest correct sample rather than nothing
+    assert accept(group, [correct(), wrong("8"), wrong("1"), correct()], "shortest", True,
+                  budget_of=budget_of, min_budget_accuracy=1.0) == [0]
+    # "all" is not affected by budgets
+    assert accept(group, verdicts, "all", True, budget_of=budget_of, min_budget_accuracy=1.0) == [0, 2, 3]
+
+
 @pytest.fixture
 def model(tmp_path, monkeypatch):
     monkeypatch.setitem(TASKS, "any", AnyTask)
@@ -76,6 +92,26 @@ def test_nothing_accepted_fails_and_writes_nothing(model, tmp_path):
     with pytest.raises(ConfigError, match="none of 18 samples .* was accepted"):
         collect(_cfg(model, tmp_path / "none.jsonl", readable=True))
     assert list(tmp_path.glob("none.jsonl*")) == []
+
+
+def test_collect_at_several_budgets(model, tmp_path):
+    stats = collect(_cfg(model, tmp_path / "b.jsonl", budgets="none,0", max_new_tokens=24))
+    rows = [json.loads(l) for l in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert stats["samples"] == 6 * 3 * 2
+    assert {r["thinking_budget"] for r in rows} <= {None, 0} and 0 in {r["thinking_budget"] for r in rows}
+    assert all(r["thinking_tokens"] == 0 for r in rows if r["thinking_budget"] == 0)
+    assert len({(r["prompt_id"], r["sample_index"]) for r in rows}) == len(rows)  # indices unique across budgets
+    # "none" alone draws exactly what a collect without budgets draws
+    collect(_cfg(model, tmp_path / "n.jsonl"))
+    collect(_cfg(model, tmp_path / "n2.jsonl", budgets="none"))
+    assert sha256_file(tmp_path / "n.jsonl") == sha256_file(tmp_path / "n2.jsonl")
+
+
+@pytest.mark.parametrize("budgets, msg", [("none,lots", "'lots' is neither 'none' nor a token count"),
+                                          ("0,0", "distinct"), ("none,500", "thinking_budget")])
+def test_bad_budgets_are_refused(budgets, msg):
+    with pytest.raises(ConfigError, match=msg):
+        CollectConfig(budgets=budgets)
 
 
 def test_config_refuses_unknown_keep():
