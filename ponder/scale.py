@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
@@ -227,7 +228,19 @@ def _generate(engine: Engine, prompts, n, params, seed, chunk):
     return out
 
 
+def write_json(result: dict, path: str) -> None:
+    """Write the table atomically (temp name, then rename): a reader never sees half a file."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+
+
 def scale(cfg: ScaleConfig, log=print) -> dict:
+    """Every strategy and setting on the held-out split. With `cfg.json` set, the table so
+    far is written after each budget and search setting (`"complete": false` until the end),
+    so a long sweep that is stopped keeps what it measured."""
     from ponder.model import load_model
     from ponder.overthinking import report, traces_of
     from ponder.tasks import get_task
@@ -248,7 +261,9 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
     entries.append(entry("greedy", 1, None, [verdict(g[0], ex) for g, ex in zip(greedy, examples)],
                          [len(g[0].ids) for g in greedy], diff))
     log(f"greedy {entries[-1]['accuracy']:.3f}")
-    result = {"config": asdict(cfg)}
+    result = {"config": asdict(cfg), "complete": False, "entries": entries}
+    save = (lambda: write_json(result, cfg.json)) if cfg.json else (lambda: None)
+    save()
     for budget in parse_budgets(cfg.budgets, cfg.max_new_tokens):
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature, thinking_budget=budget)
         pool = _generate(engine, prompts, cfg.samples, params, cfg.seed + 1, cfg.chunk)
@@ -269,6 +284,7 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
                                              if e["strategy"] in ("pass@1", f"maj@{cfg.samples}", "adaptive")))
         if budget is None:
             result["overthinking"] = report(traces_of(pool, examples, correct, tok))
+        save()
     if prm is not None:
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature)
         for n in _ints(cfg.search_n):
@@ -285,8 +301,10 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
                     [r.tokens for r in res], diff, width=cfg.search_width, leaves=mean(r.samples for r in res),
                     prm_scored_tokens=sum(r.scored_tokens for r in res)))
                 log(f"{name} n={n}: {entries[-1]['accuracy']:.3f} with {entries[-1]['generated_tokens']} tokens")
-    result["entries"] = entries
+                save()
     result["bar"] = bar(entries, cfg.samples)
+    result["complete"] = True
+    save()
     return result
 
 
@@ -352,8 +370,6 @@ def main(argv: list[str]) -> int:
     result = scale(cfg)
     print(format_table(result))
     if cfg.json:
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {cfg.json}")
     png = cfg.plot or (str(Path(cfg.json).with_suffix(".png")) if cfg.json else "")
     if png:

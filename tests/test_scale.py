@@ -75,3 +75,26 @@ def test_scale_end_to_end_writes_the_contract(tiny_folder, tmp_path):
         if e["thinking_budget"] == 5:
             assert e["max_thinking_tokens"] <= 5
     assert "overthinking" in result and "maj_minus_pass1" in result["bar"]
+    assert result["complete"] is True and not out.with_name("scale.json.tmp").exists()
+
+
+def test_scale_keeps_what_it_measured_when_stopped(tiny_folder, tmp_path, monkeypatch):
+    import ponder.scale as S
+    real = S.pool_entries
+    calls = []
+
+    def dies_on_second_budget(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(S, "pool_entries", dies_on_second_budget)
+    out = tmp_path / "scale.json"
+    with pytest.raises(KeyboardInterrupt):
+        S.scale(S.ScaleConfig(model=tiny_folder, task_options="max_digits=2", problems=4, samples=2,
+                              budgets="none,0", max_new_tokens=24, json=str(out)))
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False
+    assert {e["strategy"] for e in partial["entries"]} >= {"greedy", "pass@1", "maj@2"}
+    assert all(e["thinking_budget"] is None for e in partial["entries"])
