@@ -127,3 +127,10 @@ def from_args(cls: type[C], args: argparse.Namespace, recipe: str | None = None,
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def set_threads(n: int) -> None:
+    """Use `n` torch CPU threads (0 leaves torch's default)."""
+    if n:
+        import torch
+        torch.set_num_threads(n)

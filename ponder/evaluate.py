@@ -39,6 +39,7 @@ class EvalConfig:
     label: str = option("eval", "name of this evaluation in reports")
     out: str = option("", "write the JSON result here (default: print the summary only)")
     chunk: int = option(64, "prompts per generation batch")
+    threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a fixed count)")
     prompt_format: str = option("auto", "raw, chat or chat_think (auto = chat when the tokenizer has a template)",
                                 choices=PROMPT_FORMATS)
     precision: str = option("fp32", "weights generation runs with (bf16: a bf16 copy; faster on AMX CPUs)",
@@ -127,6 +128,7 @@ def main(argv: list[str]) -> int:
     C.add_arguments(ap, EvalConfig)
     args = ap.parse_args(argv)
     cfg = C.from_args(EvalConfig, args, args.recipe, section="eval")
+    C.set_threads(cfg.threads)
     from ponder.train import parse_task_options
     task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)

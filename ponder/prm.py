@@ -59,6 +59,7 @@ class PRMConfig:
     weight_decay: float = option(1e-3, "head weight decay")
     val_share: float = option(0.2, "share of problems held out to report the head's fit")
     chunk: int = option(64, "prefixes per generation batch")
+    threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a fixed count)")
     seed: int = option(0, "seed of problems, sampling and the head")
 
     def __post_init__(self):
@@ -286,6 +287,7 @@ def train_prm(cfg: PRMConfig) -> dict:
     from ponder.model import load_model
     from ponder.tasks import get_task
     from ponder.train import parse_task_options
+    C.set_threads(cfg.threads)
     task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)
     engine = Engine(model, tok)

@@ -56,6 +56,7 @@ class ScaleConfig:
     json: str = option("", "write the JSON table here")
     plot: str = option("", "write the PNG plot here (default: next to --json)")
     chunk: int = option(64, "prompts per generation batch")
+    threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a fixed count)")
 
     def __post_init__(self):
         C.check_choices(self)
@@ -245,6 +246,7 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
     from ponder.overthinking import report, traces_of
     from ponder.tasks import get_task
     from ponder.train import parse_task_options
+    C.set_threads(cfg.threads)
     task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)
     engine = Engine(model, tok)
