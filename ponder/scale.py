@@ -375,6 +375,6 @@ def main(argv: list[str]) -> int:
         print(f"wrote {cfg.json}")
     png = cfg.plot or (str(Path(cfg.json).with_suffix(".png")) if cfg.json else "")
     if png:
-        plot(result["entries"], png, f"{Path(cfg.model).name} on {cfg.task} ({cfg.problems} problems)")
+        plot(result["entries"], png, f"{cfg.model} on {cfg.task} ({cfg.problems} problems, T = {cfg.temperature})")
         print(f"wrote {png}")
     return 0
