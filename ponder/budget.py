@@ -49,6 +49,24 @@ def effort_budget(effort: str) -> int:
     return EFFORT[effort]
 
 
+def parse_budgets(text: str, max_new_tokens: int) -> list[int | None]:
+    """'none,0,64,low' -> [None, 0, 64, 16]: distinct budgets, each checked against max_new_tokens."""
+    from ponder.engine import SamplingParams  # engine imports this module
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if item == "none":
+            out.append(None)
+            continue
+        budget = effort_budget(item) if item in EFFORT or not item.lstrip("-").isdigit() else int(item)
+        SamplingParams(max_new_tokens, thinking_budget=budget)  # range check, with the valid values in the error
+        out.append(budget)
+    if not out:
+        raise ConfigError("budgets is empty; give e.g. 'none' or 'none,0,32,-1'")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"budgets must be distinct, got {text!r}")
+    return out
+
+
 def check_budget(thinking_budget: int | None, min_thinking: int, answer_reserve: int, max_new_tokens: int) -> None:
     """Raise ConfigError, naming the valid range, for a budget that cannot be honoured."""
     hi = max_new_tokens - answer_reserve - OVERHEAD

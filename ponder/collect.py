@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ponder import config as C
 from ponder.config import ConfigError, check_choices, option
+from ponder.budget import parse_budgets
 from ponder.engine import Engine, Sample, SamplingParams
 from ponder.model import load_model, resolve_model_path
 from ponder.tasks import get_task
@@ -57,7 +58,7 @@ class CollectConfig:
     keep: str = option("all", "which accepted samples to keep per problem", choices=KEEP)
     readable: bool = option(True, "keep only well-formed <think>…</think>answer samples ended by EOS")
     budgets: str = option("none", "thinking budgets to draw the k samples at, comma-separated: none (the "
-                          "model's own length) or a token count; k samples at each")
+                          "model's own length), a token count, -1 (adaptive) or an effort level; k at each")
     min_budget_accuracy: float = option(0.0, "keep = shortest with several budgets: only budgets whose k "
                                         "samples were correct at least this often on the prompt compete "
                                         "(unless none was)")
@@ -73,25 +74,7 @@ class CollectConfig:
                 raise ConfigError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.min_budget_accuracy <= 1:
             raise ConfigError(f"min_budget_accuracy must be in [0, 1], got {self.min_budget_accuracy}")
-        for b in parse_budgets(self.budgets):  # SamplingParams checks each against max_new_tokens
-            SamplingParams(self.max_new_tokens, thinking_budget=b)
-
-
-def parse_budgets(text: str) -> list[int | None]:
-    """'none,0,16' -> [None, 0, 16]."""
-    out = []
-    for item in text.split(","):
-        item = item.strip()
-        if item == "none":
-            out.append(None)
-        elif item.lstrip("-").isdigit():
-            out.append(int(item))
-        else:
-            raise ConfigError(f"collect budgets: {item!r} is neither 'none' nor a token count "
-                              f"(e.g. budgets = \"none,0,16,32\")")
-    if not out or len(set(out)) != len(out):
-        raise ConfigError(f"collect budgets must be distinct and non-empty, got {text!r}")
-    return out
+        parse_budgets(self.budgets, self.max_new_tokens)
 
 
 def readable(sample: Sample) -> bool:
@@ -153,17 +136,16 @@ def trace_row(ex: Example, s: Sample, v: Verdict, cfg: CollectConfig, model_sha:
 
 def collect(cfg: CollectConfig) -> dict:
     """Write the accepted traces to `cfg.out`; returns statistics of the collection."""
-    import torch
     from ponder.sft import sha256_file
     from ponder.train import parse_task_options
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    C.set_threads(cfg.threads)
     task: Task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)
     weights = resolve_model_path(cfg.model) / "model.safetensors"
     model_sha = sha256_file(weights) if weights.is_file() else ""
     engine = Engine(model, tok)
-    budgets = parse_budgets(cfg.budgets)
+    budgets = parse_budgets(cfg.budgets, cfg.max_new_tokens)
+    budget_of = [b for b in budgets for _ in range(cfg.k)]  # sample j * k + s: budget j's s-th sample
     examples = task.examples(cfg.split, cfg.prompts, seed=cfg.seed)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,9 +160,7 @@ def collect(cfg: CollectConfig) -> dict:
                                          seed=cfg.seed * 7_919 + start + 104_729 * j)
                          for j, b in enumerate(budgets)]
             for i, ex in enumerate(chunk):
-                # sample index j * k + s: budget j's s-th sample (budget 0 of `budgets` = the old seeds)
                 group = [s for groups in by_budget for s in groups[i]]
-                budget_of = [b for b in budgets for _ in range(cfg.k)]
                 verdicts = [task.verify(s.text, ex) for s in group]
                 encodable = [round_trips(tok, s) for s in group]
                 n_unencodable += len(group) - sum(encodable)

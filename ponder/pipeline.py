@@ -306,9 +306,7 @@ def run_pipeline(recipe: str | Path, out: str | Path, from_stage: str | None = N
     names = [s.name for s in stages]
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from {from_stage!r} is not a stage of {str(recipe)!r}; valid: {', '.join(names)}")
-    if pc.threads:
-        import torch
-        torch.set_num_threads(pc.threads)
+    C.set_threads(pc.threads)
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "pipeline.json", {"recipe": str(recipe), "stages": names,
                                                "recipe_text": Path(recipe).read_text()})

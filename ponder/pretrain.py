@@ -115,8 +115,7 @@ def packed_loss(model, ids, targets, pos, mask) -> torch.Tensor:
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    C.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     mcfg = TinyModelConfig(hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads)
     model, tok = new_tiny(mcfg, seed=cfg.seed)

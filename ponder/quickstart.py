@@ -73,9 +73,7 @@ def _table(before: dict, after: dict) -> str:
 
 def quickstart(qc: QuickstartConfig) -> dict:
     t0 = time.time()
-    if qc.threads:
-        import torch
-        torch.set_num_threads(qc.threads)
+    C.set_threads(qc.threads)
     out = Path(qc.out)
     out.mkdir(parents=True, exist_ok=True)
     task = get_task("arithmetic", **parse_task_options(qc.task_options))

@@ -28,6 +28,7 @@ from pathlib import Path
 from statistics import mean
 
 from ponder import config as C
+from ponder.budget import parse_budgets
 from ponder.config import ConfigError, option
 from ponder.engine import Engine, SamplingParams
 from ponder.stats import majority_vote, mean_ci, mean_pass_at_k, weighted_vote, wilson_ci
@@ -70,25 +71,6 @@ class ScaleConfig:
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
-
-
-def parse_budgets(text: str, max_new_tokens: int) -> list[int | None]:
-    """'none,0,64,low' -> [None, 0, 64, 16]; every budget is checked against max_new_tokens."""
-    from ponder.budget import EFFORT, effort_budget
-    out = []
-    for item in (x.strip() for x in text.split(",") if x.strip()):
-        if item == "none":
-            out.append(None)
-            continue
-        if item in EFFORT or not item.lstrip("-").isdigit():
-            budget = effort_budget(item)
-        else:
-            budget = int(item)
-        SamplingParams(max_new_tokens, thinking_budget=budget)  # range check, with the valid values in the error
-        out.append(budget)
-    if not out:
-        raise ConfigError("budgets is empty; give e.g. 'none' or 'none,0,32,-1'")
-    return out
 
 
 # -- entries ----------------------------------------------------------------------------------------

@@ -218,8 +218,7 @@ def make_optimizer(model, cfg: SFTConfig, total: int):
 # -- the run ------------------------------------------------------------------------------------
 def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
     """Fine-tune on `cfg.data`; returns OUT/model. Resumes exactly from OUT/checkpoints."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    C.set_threads(cfg.threads)
     out = Path(cfg.out)
     files = data_files(cfg.data)
     traces = [t for f in files for t in read_traces(f)]  # fails before anything is written

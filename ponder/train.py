@@ -385,8 +385,7 @@ def build_batch(groups, pad_id: int, advantage_fn) -> dict:
 
 # -- the run -----------------------------------------------------------------------------
 def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    C.set_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg.task, **parse_task_options(cfg.task_options))

@@ -107,8 +107,9 @@ def test_collect_at_several_budgets(model, tmp_path):
     assert sha256_file(tmp_path / "n.jsonl") == sha256_file(tmp_path / "n2.jsonl")
 
 
-@pytest.mark.parametrize("budgets, msg", [("none,lots", "'lots' is neither 'none' nor a token count"),
-                                          ("0,0", "distinct"), ("none,500", "thinking_budget")])
+@pytest.mark.parametrize("budgets, msg", [("none,lots", "unknown effort 'lots'; valid effort levels: low"),
+                                          ("0,0", "budgets must be distinct, got '0,0'"),
+                                          ("none,500", "thinking_budget 500 is out of range; valid values")])
 def test_bad_budgets_are_refused(budgets, msg):
     with pytest.raises(ConfigError, match=msg):
         CollectConfig(budgets=budgets)
