@@ -8,6 +8,8 @@ The algorithm, one step (see `ponder.train.rl_step` for the loop):
   2. score each with the task's verifier                          (rewards)
   3. advantages relative to the group: `grpo_advantages` (optionally without
      the std division — Dr. GRPO) or `rloo_advantages`
+  2'. optionally add a group-relative length reward (`length_rewards`, Kimi k1.5):
+     among a group's samples, shorter correct ones gain and longer ones lose
   4. optionally drop groups whose rewards all agree (`informative_groups`) and
      sample more prompts to refill the batch (DAPO dynamic sampling)
   5. per-token clipped surrogate with importance ratios against the policy
@@ -50,6 +52,26 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"RLOO needs at least 2 samples per group, got {G}")
     others = (rewards.sum(dim=1, keepdim=True) - rewards) / (G - 1)
     return rewards - others
+
+
+def length_rewards(lengths: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """(P, G) completion lengths and (P, G) bool correctness -> (P, G) length rewards.
+
+    Kimi k1.5's long2short reward: within a group, lam = 0.5 - (len - min) / (max - min),
+    from +0.5 for the shortest sample to -0.5 for the longest. Correct samples get lam;
+    wrong ones get min(0, lam), so being short never pays for being wrong. Groups whose
+    samples are all the same length get 0.
+
+    >>> length_rewards(torch.tensor([[10., 20., 30., 30.]]), torch.tensor([[True, True, True, False]]))
+    tensor([[ 0.5000,  0.0000, -0.5000, -0.5000]])
+    >>> length_rewards(torch.tensor([[10., 30.]]), torch.tensor([[False, True]]))
+    tensor([[ 0.0000, -0.5000]])
+    """
+    lengths = lengths.float()
+    lo = lengths.min(dim=1, keepdim=True).values
+    span = lengths.max(dim=1, keepdim=True).values - lo
+    lam = torch.where(span > 0, 0.5 - (lengths - lo) / span.clamp_min(EPS), torch.zeros_like(lengths))
+    return torch.where(correct, lam, lam.clamp(max=0.0))
 
 
 def informative_groups(rewards: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from ponder.config import ConfigError, check_choices, option
 from ponder.decoder import supports
 from ponder.engine import Engine, Sample, SamplingParams, rollout_copy
 from ponder.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_advantages, informative_groups,
-                         kl_k3)
+                         kl_k3, length_rewards)
 from ponder.metrics import peak_rss_gb, rollout_metrics
 from ponder.model import load_model, save_model
 from ponder.runlog import RunLog
@@ -85,6 +85,9 @@ class RLConfig:
     epochs: int = option(1, "optimisation passes over each rollout batch")
     minibatches: int = option(1, "minibatches per pass")
     format_weight: float = option(0.0, "weight of the <think>…</think> format reward")
+    length_weight: float = option(0.0, "weight of Kimi k1.5's group-relative length reward (long2short RL): "
+                                  "+0.5 for a group's shortest correct completion down to -0.5 for its "
+                                  "longest; wrong ones never gain. 0 = off")
     seed: int = option(0, "seed for prompts and sampling")
     save_every: int = option(50, "checkpoint every N steps (and at the end)")
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
@@ -120,8 +123,9 @@ class RLConfig:
             raise ConfigError(f"group_size must be >= 2 for group-relative advantages, got {self.group_size}")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
             raise ConfigError(f"clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
-        if self.lr <= 0 or self.kl_coef < 0 or self.format_weight < 0:
-            raise ConfigError(f"lr must be > 0, kl_coef and format_weight >= 0; got {self.lr}, {self.kl_coef}, {self.format_weight}")
+        if self.lr <= 0 or self.kl_coef < 0 or self.format_weight < 0 or self.length_weight < 0:
+            raise ConfigError(f"lr must be > 0, kl_coef, format_weight and length_weight >= 0; got {self.lr}, "
+                              f"{self.kl_coef}, {self.format_weight}, {self.length_weight}")
         if (self.prompts_per_step * self.group_size) % self.minibatches:
             raise ConfigError(f"minibatches={self.minibatches} must divide the batch of "
                               f"{self.prompts_per_step * self.group_size} rows")
@@ -192,6 +196,9 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int) -> dict:
             all_verdicts += verdicts
             all_rewards += rewards
             r = fill_invalid(torch.tensor([rewards]))
+            if cfg.length_weight:
+                r = r + cfg.length_weight * length_rewards(torch.tensor([[len(s.ids) for s in group]]),
+                                                           torch.tensor([[v.ok for v in verdicts]]))
             informative = bool(informative_groups(r)[0])
             if round_ == 0:
                 zero_var.append(not informative)

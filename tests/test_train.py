@@ -163,3 +163,31 @@ def test_chunk_token_cap_follows_the_model_size():
     assert chunk_tokens(tiny, 0) == 0 and chunk_tokens(tiny, 500) == 500
     with pytest.raises(Exception, match="micro_batch_tokens"):
         RLConfig(micro_batch_tokens=-2)
+
+
+class AnythingGoesTask(DigitsTask):
+    """Every completion is correct: only the length reward can tell samples apart."""
+
+    name = "anything"
+
+    def verify(self, completion, example):
+        return Verdict(1.0, "correct", "anything goes")
+
+
+def test_length_reward_shortens_completions(small_model, tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "anything", AnythingGoesTask)
+    out = tmp_path / "short"
+    train(_cfg(small_model, out, task="anything", steps=25, length_weight=1.0, dynamic_sampling=True))
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["resp_len_mean"] for r in rows[:5]) / 5
+    last = sum(r["resp_len_mean"] for r in rows[-5:]) / 5
+    assert last < first - 1.0, (first, last)
+    # without it every group is all-correct: nothing to learn from, nothing used
+    flat = tmp_path / "flat"
+    train(_cfg(small_model, flat, task="anything", steps=2, dynamic_sampling=True, max_refills=0))
+    assert all(json.loads(l)["groups_used"] == 0 for l in (flat / "metrics.jsonl").read_text().splitlines())
+
+
+def test_length_weight_must_not_be_negative(small_model, tmp_path):
+    with pytest.raises(Exception, match="length_weight"):
+        _cfg(small_model, tmp_path, length_weight=-0.5)
