@@ -223,12 +223,23 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def same_config(recorded: dict, cfg) -> bool:
+    """Whether a manifest's config is `cfg`. An option added to ponder after the stage ran
+    (absent from the manifest) counts as unchanged while it keeps its default value, so
+    upgrading ponder does not rerun finished stages that the new option cannot affect."""
+    now = _jsonable(cfg)
+    defaults = _jsonable(type(cfg)())
+    added = set(now) - set(recorded)
+    return ({k: v for k, v in now.items() if k not in added} == recorded
+            and all(now[k] == defaults[k] for k in added))
+
+
 def staleness(stage: Stage, stage_dir: Path) -> str | None:
     """None when the finished stage can be skipped, else why it must run."""
     m = read_manifest(stage_dir)
     if m is None:
         return "not finished"
-    if m["config"] != _jsonable(stage.config):
+    if not same_config(m["config"], stage.config):
         return "its config changed"
     if m["inputs"] != inputs_of(stage):
         return "its inputs changed"

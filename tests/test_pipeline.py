@@ -197,3 +197,15 @@ def test_distill_from_fresh_and_pretrained_students(recipe, tmp_path, capsys):
     bad = DISTILL.replace('student = "hidden_size=16 layers=1 heads=2 mlp_ratio=2"\n', "")
     with pytest.raises(ConfigError, match="stage 'fresh' \\(distill\\): a distill stage needs its student"):
         run_pipeline(recipe(text=bad), tmp_path / "o")
+
+
+def test_an_option_added_after_a_stage_ran_keeps_it_finished_only_at_its_default():
+    from dataclasses import asdict
+
+    from ponder.pipeline import same_config
+    from ponder.train import RLConfig
+    old = {k: v for k, v in asdict(RLConfig(steps=7)).items() if k != "length_weight"}  # written by an older ponder
+    assert same_config(old, RLConfig(steps=7))
+    assert not same_config(old, RLConfig(steps=7, length_weight=0.1))  # the new option is in use: rerun
+    assert not same_config(old, RLConfig(steps=8))
+    assert not same_config({**old, "gone": 1}, RLConfig(steps=7))  # an option ponder no longer has
