@@ -10,7 +10,7 @@ from ponder import grpo
 
 def test_grpo_advantages_scaled_matches_hand_computation():
     r = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
-    mean, std = 0.25, math.sqrt(((0.75**2) + 3 * (0.25**2)) / 3)  # unbiased std
+    std = math.sqrt(((0.75**2) + 3 * (0.25**2)) / 3)  # unbiased std
     expected = torch.tensor([[0.75, -0.25, -0.25, -0.25]]) / (std + grpo.EPS)
     assert torch.allclose(grpo.grpo_advantages(r, scale=True), expected, atol=1e-6)
 

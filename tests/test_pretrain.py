@@ -1,11 +1,9 @@
 """Pretraining corpus and packing: honest documents, and packing is exact."""
 
-import random
-
 import pytest
 import torch
 
-from ponder.corpus import CorpusMix, document, documents, solution
+from ponder.corpus import CorpusMix, documents, solution
 from ponder.model import TinyModelConfig, new_tiny
 from ponder.pretrain import encode_batch, lm_loss, pack_documents, packed_loss
 from ponder.tasks import get_task
@@ -42,7 +40,6 @@ def test_solution_styles():
 
 def test_packed_loss_equals_padded_loss():
     model, tok = new_tiny(TinyModelConfig(hidden_size=32, layers=2, heads=2, mlp_ratio=2), seed=0)
-    rng = random.Random(0)
     gen = documents(CorpusMix(), seed=1)
     docs = [next(gen) for _ in range(12)]
     packed = pack_documents(tok, docs, row_tokens=128)

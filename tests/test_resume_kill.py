@@ -169,7 +169,7 @@ def test_rl_kill9_at_random_step_then_resume_is_exact(tmp_path, monkeypatch):
     k = random.randint(3, 6)
     run = RLConfig(**{**vars(cfg), "out": str(tmp_path / "killed")})
     proc = _spawn(_argv("train", run), STEP_PAUSE=0.15)  # starts up while the reference runs
-    full = train(cfg)
+    train(cfg)
     _wait_for(lambda: _lines(Path(run.out) / "metrics.jsonl") >= k, proc, f"step {k}")
     _kill(proc)
     resumed = train(run, resume=True)
