@@ -6,10 +6,10 @@ tokens (right-padded, `mask` marks real tokens).
 The algorithm, one step (see `ponder.train.rl_step` for the loop):
   1. sample G completions per prompt with the current policy      (engine)
   2. score each with the task's verifier                          (rewards)
+     optionally plus a group-relative length reward (`length_rewards`, Kimi k1.5):
+     among a group's samples, shorter correct ones gain and longer ones lose
   3. advantages relative to the group: `grpo_advantages` (optionally without
      the std division — Dr. GRPO) or `rloo_advantages`
-  2'. optionally add a group-relative length reward (`length_rewards`, Kimi k1.5):
-     among a group's samples, shorter correct ones gain and longer ones lose
   4. optionally drop groups whose rewards all agree (`informative_groups`) and
      sample more prompts to refill the batch (DAPO dynamic sampling)
   5. per-token clipped surrogate with importance ratios against the policy
