@@ -13,7 +13,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from ponder.train import RLConfig, train
+from ponder.rl.train import RLConfig, train
 
 
 def main() -> None:

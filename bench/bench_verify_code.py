@@ -17,7 +17,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
-from ponder import sandbox
+from ponder.verifiers import sandbox
 from ponder.verifiers.code import verify_code
 
 

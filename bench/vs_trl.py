@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ponder.metrics import peak_rss_gb
+from ponder.core.metrics import peak_rss_gb
 
 TEMPERATURE, LR = 1.0, 1e-6
 TASK_OPTIONS = "min_digits=1 max_digits=2 ops=add"
@@ -43,10 +43,10 @@ TASK_OPTIONS = "min_digits=1 max_digits=2 ops=add"
 
 def shared_setup(model: str, prompts: int, group: int):
     """The model folder, the chat-wrapped task and each step's examples, identical for both tools."""
-    from ponder.chat import adapt_task
-    from ponder.model import load_model, resolve_model_path
+    from ponder.tasks.chat import adapt_task
+    from ponder.models.model import load_model, resolve_model_path
     from ponder.tasks import get_task
-    from ponder.train import RLConfig, parse_task_options, step_examples
+    from ponder.rl.train import RLConfig, parse_task_options, step_examples
 
     folder = resolve_model_path(model)
     _, tok = load_model(folder)
@@ -61,7 +61,7 @@ def zero_var_fraction(rewards_by_prompt: dict[str, list[float]]) -> float:
 
 
 def run_ponder(a, out: Path) -> dict:
-    from ponder.train import RLConfig, train
+    from ponder.rl.train import RLConfig, train
 
     folder, _, _ = shared_setup(a.model, a.prompts, a.group)
     cfg = RLConfig(model=str(folder), task="arithmetic", task_options=TASK_OPTIONS, out=str(out), steps=a.steps,

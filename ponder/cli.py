@@ -11,22 +11,22 @@ import sys
 
 # verb -> ("module:function", one-line description)
 VERBS: dict[str, tuple[str, str]] = {
-    "quickstart": ("ponder.quickstart:main", "tiny base -> eval -> GRPO from scratch (R1-Zero) -> eval -> report"),
-    "pretrain": ("ponder.pretrain:main", "build the built-in tiny base model from a synthetic corpus"),
-    "train": ("ponder.train:main", "run GRPO (or a family variant) on a task from a recipe"),
-    "eval": ("ponder.evaluate:main", "pass@1, pass@k, maj@k and thinking length on a held-out split"),
-    "report": ("ponder.report:main", "write an HTML page with plots for a run directory"),
+    "quickstart": ("ponder.commands.quickstart:main", "tiny base -> eval -> GRPO from scratch (R1-Zero) -> eval -> report"),
+    "pretrain": ("ponder.stages.pretrain:main", "build the built-in tiny base model from a synthetic corpus"),
+    "train": ("ponder.rl.train:main", "run GRPO (or a family variant) on a task from a recipe"),
+    "eval": ("ponder.inference.evaluate:main", "pass@1, pass@k, maj@k and thinking length on a held-out split"),
+    "report": ("ponder.commands.report:main", "write an HTML page with plots for a run directory"),
     "tasks": ("ponder.tasks:main", "list the built-in tasks"),
-    "verify": ("ponder.verify:main", "run a verifier on given answers and print verdicts (math, code, json, task)"),
-    "probe": ("ponder.probe:main", "attack a task's verifier with degenerate answers; report any that score > 0"),
-    "sft": ("ponder.sft:main", "supervised fine-tuning on (prompt, completion) traces, loss on the completion only"),
-    "collect": ("ponder.collect:main", "rejection sampling: keep a model's verifier-accepted samples as JSONL traces"),
-    "distill": ("ponder.sft:distill_main", "train a smaller student (fresh or a small base) on a teacher's traces"),
-    "pipeline": ("ponder.pipeline:main", "run the R1 recipe's stages from one TOML; resumable, finished stages skipped"),
-    "lineage": ("ponder.pipeline:lineage_main", "print the chain of stages of a pipeline run"),
-    "scale": ("ponder.scale:main", "inference-time scaling: strategies x thinking budgets x samples -> JSON table and plot"),
-    "train-prm": ("ponder.prm:main", "train a process reward model (value head) from verifier-labelled step prefixes"),
-    "overthink": ("ponder.overthinking:main", "accuracy vs thinking length per difficulty; tokens after the first correct step"),
+    "verify": ("ponder.commands.verify:main", "run a verifier on given answers and print verdicts (math, code, json, task)"),
+    "probe": ("ponder.verifiers.probe:main", "attack a task's verifier with degenerate answers; report any that score > 0"),
+    "sft": ("ponder.stages.sft:main", "supervised fine-tuning on (prompt, completion) traces, loss on the completion only"),
+    "collect": ("ponder.stages.collect:main", "rejection sampling: keep a model's verifier-accepted samples as JSONL traces"),
+    "distill": ("ponder.stages.sft:distill_main", "train a smaller student (fresh or a small base) on a teacher's traces"),
+    "pipeline": ("ponder.stages.pipeline:main", "run the R1 recipe's stages from one TOML; resumable, finished stages skipped"),
+    "lineage": ("ponder.stages.pipeline:lineage_main", "print the chain of stages of a pipeline run"),
+    "scale": ("ponder.inference.scale:main", "inference-time scaling: strategies x thinking budgets x samples -> JSON table and plot"),
+    "train-prm": ("ponder.inference.prm:main", "train a process reward model (value head) from verifier-labelled step prefixes"),
+    "overthink": ("ponder.inference.overthinking:main", "accuracy vs thinking length per difficulty; tokens after the first correct step"),
 }
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     target, _ = VERBS[verb]
     module, func = target.split(":")
     fn = getattr(importlib.import_module(module), func)
-    from ponder.config import ConfigError
+    from ponder.core.config import ConfigError
     try:
         return int(fn(argv[1:]) or 0)
     except ConfigError as e:

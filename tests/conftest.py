@@ -6,7 +6,7 @@ def tiny():
     """A randomly initialised, very small Llama model and the char tokenizer (seconds to build)."""
     import torch
 
-    from ponder.model import TinyModelConfig, new_tiny
+    from ponder.models.model import TinyModelConfig, new_tiny
 
     torch.manual_seed(0)
     model, tok = new_tiny(TinyModelConfig(hidden_size=32, layers=2, heads=2, mlp_ratio=2), seed=0)

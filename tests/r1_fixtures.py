@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ponder.model import TinyModelConfig, new_tiny, save_model
+from ponder.models.model import TinyModelConfig, new_tiny, save_model
 from ponder.tasks.arithmetic import ArithmeticTask, column_steps
 from ponder.tasks.base import Example, Task
-from ponder.verdict import Verdict
+from ponder.core.verdict import Verdict
 
 SMALL = TinyModelConfig(hidden_size=32, layers=1, heads=2, mlp_ratio=2)
 

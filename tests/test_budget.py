@@ -2,9 +2,9 @@
 
 import pytest
 
-from ponder.budget import EFFORT, ThinkingForcer, effort_budget, row_cap
-from ponder.config import ConfigError
-from ponder.engine import Engine, SamplingParams, row_seed
+from ponder.engine.budget import EFFORT, ThinkingForcer, effort_budget, row_cap
+from ponder.core.config import ConfigError
+from ponder.engine.engine import Engine, SamplingParams, row_seed
 from ponder.tasks.base import answer_text
 
 PROMPTS = ["12+34=?\n", "5*7=?\n", "98765+12345=?\n"]

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ponder import sandbox
-from ponder.sandbox import Limits, SandboxError
+from ponder.verifiers import sandbox
+from ponder.verifiers.sandbox import Limits, SandboxError
 from ponder.verifiers.code import infer_entry_point, main, verify_code, verify_io
 from ponder.verifiers.code_harness import WireError, decode, encode
 

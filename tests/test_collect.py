@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from ponder.collect import CollectConfig, accept, collect, readable, round_trips
-from ponder.config import ConfigError
-from ponder.engine import Sample
-from ponder.sft import read_traces, sha256_file
+from ponder.stages.collect import CollectConfig, accept, collect, readable, round_trips
+from ponder.core.config import ConfigError
+from ponder.engine.engine import Sample
+from ponder.stages.sft import read_traces, sha256_file
 from ponder.tasks import TASKS
-from ponder.verdict import correct, wrong
+from ponder.core.verdict import correct, wrong
 from r1_fixtures import AnyTask, small_model
 
 
@@ -132,9 +132,9 @@ def test_samples_whose_text_does_not_round_trip_are_dropped(tiny):
 
 
 def test_sft_names_the_trace_the_tokenizer_cannot_encode(tiny, tmp_path):
-    from ponder.sft import SFTConfig, TraceFileError, sft
+    from ponder.stages.sft import SFTConfig, TraceFileError, sft
     model, tok = tiny
-    from ponder.model import save_model
+    from ponder.models.model import save_model
     folder = save_model(model, tok, tmp_path / "m")
     p = tmp_path / "t.jsonl"
     p.write_text('{"prompt": "1+1=?\\n", "completion": "<think></think>2"}\n'

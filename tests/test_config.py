@@ -2,9 +2,9 @@
 
 import pytest
 
-from ponder import config as C
+from ponder.core import config as C
 from ponder.cli import main as cli_main
-from ponder.train import RLConfig
+from ponder.rl.train import RLConfig
 
 
 def test_unknown_key_lists_valid_keys():

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from ponder.config import ConfigError
+from ponder.core.config import ConfigError
 from ponder.tasks.base import Example
 from ponder.tasks.jsonl import JsonlTask
 from ponder.verifiers.custom import (
@@ -21,7 +21,7 @@ def done(answer: str) -> str:
 
 
 REWARDS = '''
-from ponder.verdict import wrong
+from ponder.core.verdict import wrong
 
 def exact(completion, example):
     return float(completion.endswith(example.answer))

@@ -2,8 +2,8 @@
 
 import torch
 
-from ponder.decoder import supports
-from ponder.engine import Engine, SamplingParams, pick_tokens, row_seed
+from ponder.models.decoder import supports
+from ponder.engine.engine import Engine, SamplingParams, pick_tokens, row_seed
 
 PROMPTS = ["12+34=?\n", "5*7=?\n", "98765+12345=?\n"]
 

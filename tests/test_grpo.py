@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ponder import grpo
+from ponder.rl import grpo
 
 
 def test_grpo_advantages_scaled_matches_hand_computation():

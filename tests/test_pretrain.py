@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ponder.corpus import CorpusMix, documents, solution
-from ponder.model import TinyModelConfig, new_tiny
-from ponder.pretrain import encode_batch, lm_loss, pack_documents, packed_loss
+from ponder.stages.corpus import CorpusMix, documents, solution
+from ponder.models.model import TinyModelConfig, new_tiny
+from ponder.stages.pretrain import encode_batch, lm_loss, pack_documents, packed_loss
 from ponder.tasks import get_task
 from ponder.tasks.arithmetic import Problem
 from ponder.tasks.base import split_of

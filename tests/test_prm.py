@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ponder.config import ConfigError
-from ponder.engine import Engine
-from ponder.prm import PRM, PRMConfig, ValueHead, fit_head, label_steps, pairwise_accuracy, step_ends, train_prm
+from ponder.core.config import ConfigError
+from ponder.engine.engine import Engine
+from ponder.inference.prm import PRM, PRMConfig, ValueHead, fit_head, label_steps, pairwise_accuracy, step_ends, train_prm
 from ponder.tasks import get_task
 from r1_fixtures import small_model
 
@@ -56,7 +56,7 @@ def test_train_save_load_and_score(tiny_folder, tmp_path):
     meta = train_prm(PRMConfig(model=str(tiny_folder), task_options="max_digits=2", out=str(out), problems=6,
                                rollouts=2, continuations=2, max_new_tokens=20, epochs=20))
     assert meta["metrics"]["step_prefixes"] > 0
-    from ponder.model import load_model
+    from ponder.models.model import load_model
     model, tok = load_model(tiny_folder)
     prm = PRM.load(out, model, tok)
     prompt = tok("1+2=?\n")["input_ids"]

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from ponder.probe import PROBES, main, probe_task, sanity_check
+from ponder.verifiers.probe import PROBES, main, probe_task, sanity_check
 from ponder.tasks import TASKS, get_task
 from ponder.tasks.base import Example, Task, answer_text
 from ponder.tasks.jsonl import JsonlTask
-from ponder.verdict import correct, wrong
+from ponder.core.verdict import correct, wrong
 
 
 def leaks(results):

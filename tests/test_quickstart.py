@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ponder.quickstart import QuickstartConfig, quickstart
+from ponder.commands.quickstart import QuickstartConfig, quickstart
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("reasoning_gym", reason="reasoning-gym is not installed")
 
-from ponder.config import ConfigError  # noqa: E402
+from ponder.core.config import ConfigError  # noqa: E402
 from ponder.tasks.base import split_of  # noqa: E402
 from ponder.tasks.reasoning_gym import ReasoningGymTask, reasoning_gym_task  # noqa: E402
 

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from ponder import report
-from ponder.config import ConfigError
-from ponder.report import main, write_report
+from ponder.commands import report
+from ponder.core.config import ConfigError
+from ponder.commands.report import main, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<think>2+2 is 4</think><script>alert('x')</script> & done"

@@ -18,18 +18,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ponder import checkpoint as ckpt
-from ponder.sft import SFTConfig, sft
+from ponder.core import checkpoint as ckpt
+from ponder.stages.sft import SFTConfig, sft
 from ponder.tasks import TASKS
-from ponder.train import RLConfig, train
+from ponder.rl.train import RLConfig, train
 from r1_fixtures import DigitsTask, small_model, write_traces
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = r"""
 import os, sys, time
 from pathlib import Path
-import ponder.checkpoint as ck
-import ponder.runlog as runlog
+import ponder.core.checkpoint as ck
+import ponder.core.runlog as runlog
 from ponder.tasks import TASKS
 from r1_fixtures import DigitsTask
 TASKS["digits"] = DigitsTask

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from ponder import sandbox
-from ponder.sandbox import Limits, Program, SandboxError, run_interactive, run_python
+from ponder.verifiers import sandbox
+from ponder.verifiers.sandbox import Limits, Program, SandboxError, run_interactive, run_python
 
 BWRAP = sandbox.backend() == "bwrap"
 needs_bwrap = pytest.mark.skipif(not BWRAP, reason=f"bwrap does not work here: {sandbox._bwrap_problem()}")
@@ -151,7 +151,7 @@ def test_the_host_file_system_is_not_visible():
     visible = set(result.stdout.split())
     # The interpreter's own folders are bound read-only at their paths; their top-level
     # parents (e.g. /tmp when a venv lives there) appear, holding only that path.
-    from ponder.sandbox import _python_roots
+    from ponder.verifiers.sandbox import _python_roots
     interpreter_tops = {root.strip("/").split("/")[0] for root in _python_roots()}
     assert "sandbox" in visible
     assert not (visible - interpreter_tops) & {"home", "work", "tmp", "var", "mnt", "srv", "run"}

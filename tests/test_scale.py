@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from ponder.config import ConfigError
-from ponder.overthinking import Trace, report, tokens_after_first_correct
-from ponder.scale import ScaleConfig, at_tokens, bar, hard_levels, parse_budgets
+from ponder.core.config import ConfigError
+from ponder.inference.overthinking import Trace, report, tokens_after_first_correct
+from ponder.inference.scale import ScaleConfig, at_tokens, bar, hard_levels, parse_budgets
 from r1_fixtures import small_model
 
 
@@ -52,8 +52,8 @@ def test_tokens_after_first_correct_intermediate():
 
 
 def test_scale_end_to_end_writes_the_contract(tiny_folder, tmp_path):
-    from ponder.prm import PRMConfig, train_prm
-    from ponder.scale import main
+    from ponder.inference.prm import PRMConfig, train_prm
+    from ponder.inference.scale import main
     prm = tmp_path / "prm"
     train_prm(PRMConfig(model=tiny_folder, task_options="max_digits=2", out=str(prm), problems=4, rollouts=1,
                         continuations=1, max_new_tokens=16, epochs=5))
@@ -79,7 +79,7 @@ def test_scale_end_to_end_writes_the_contract(tiny_folder, tmp_path):
 
 
 def test_scale_keeps_what_it_measured_when_stopped(tiny_folder, tmp_path, monkeypatch):
-    import ponder.scale as S
+    import ponder.inference.scale as S
     real = S.pool_entries
     calls = []
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ponder import sft as S
-from ponder.config import ConfigError
-from ponder.sft import SFTConfig, TraceFileError, batch_indices, collate, sft, sft_loss
+from ponder.stages import sft as S
+from ponder.core.config import ConfigError
+from ponder.stages.sft import SFTConfig, TraceFileError, batch_indices, collate, sft, sft_loss
 from r1_fixtures import small_model, write_traces
 
 
@@ -134,7 +134,7 @@ def test_fresh_student_and_train_dispatch(setup, tmp_path):
     recipe = tmp_path / "sft.toml"
     recipe.write_text(f'kind = "sft"\ndata = "{data}"\nstudent = "hidden_size=16 layers=1 heads=2 mlp_ratio=2"\n'
                       f'out = "{tmp_path / "student"}"\nepochs = 1\nbatch_size = 4\nprogress = false\n')
-    from ponder.train import main
+    from ponder.rl.train import main
     assert main([str(recipe)]) == 0
     cfg = json.loads((tmp_path / "student" / "config.json").read_text())
     assert cfg["init"].startswith("fresh student") and cfg["total_steps"] == 2 and cfg["params"] < 20_000

@@ -1,4 +1,4 @@
-"""ponder.stats against hand-computed values and brute-force enumeration."""
+"""ponder.core.stats against hand-computed values and brute-force enumeration."""
 
 import doctest
 import itertools
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from ponder import stats
-from ponder.stats import (
+from ponder.core import stats
+from ponder.core.stats import (
     maj_at_k, majority_vote, mean_ci, mean_pass_at_k, pass_at_k, per_problem_ci,
     weighted_vote, wilson_ci,
 )

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from ponder.engine import Engine, SamplingParams
-from ponder.strategies import (adaptive_consistency, adaptive_stop, allocate, beta_confidence, best_of_n,
+from ponder.engine.engine import Engine, SamplingParams
+from ponder.inference.strategies import (adaptive_consistency, adaptive_stop, allocate, beta_confidence, best_of_n,
                                extract, step_search, vote_confidence)
 
 PROMPTS = ["12+34=?\n", "5*7=?\n", "98765+12345=?\n"]

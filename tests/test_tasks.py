@@ -2,7 +2,7 @@
 
 import pytest
 
-from ponder.config import ConfigError
+from ponder.core.config import ConfigError
 from ponder.tasks import get_task
 from ponder.tasks.arithmetic import Problem, column_steps
 from ponder.tasks.base import format_score

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from ponder import checkpoint as ckpt
-from ponder.model import TinyModelConfig, new_tiny, save_model
+from ponder.core import checkpoint as ckpt
+from ponder.models.model import TinyModelConfig, new_tiny, save_model
 from ponder.tasks import TASKS
 from ponder.tasks.base import Example, Task
-from ponder.train import RLConfig, train
-from ponder.verdict import Verdict
+from ponder.rl.train import RLConfig, train
+from ponder.core.verdict import Verdict
 
 
 class DigitsTask(Task):
@@ -87,7 +87,7 @@ def test_partial_checkpoint_is_ignored(tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(small_model, tmp_path, monkeypatch):
-    import ponder.train as T
+    import ponder.rl.train as T
 
     out = tmp_path / "nan"
     real = T.clipped_policy_loss
@@ -115,7 +115,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(small_model, tmp_path):
     code = (
         "import sys; from ponder.tasks import TASKS; sys.path.insert(0, %r); "
         "from test_train import DigitsTask, _cfg; TASKS['digits'] = DigitsTask; "
-        "from ponder.train import train; train(_cfg(%r, %r, steps=10**6, save_every=10**6))"
+        "from ponder.rl.train import train; train(_cfg(%r, %r, steps=10**6, save_every=10**6))"
         % (os.path.dirname(__file__), small_model, str(out))
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -140,7 +140,7 @@ def test_resume_keeps_the_metrics_of_the_checkpointed_step(small_model, tmp_path
 
 
 def test_row_chunks_respect_row_and_token_caps():
-    from ponder.train import row_chunks
+    from ponder.rl.train import row_chunks
     lengths = torch.tensor([5, 3, 9, 9, 2, 7, 1, 4])
     rows = torch.arange(8)
     # rows of similar length together, every row exactly once
@@ -156,7 +156,7 @@ def test_row_chunks_respect_row_and_token_caps():
 
 
 def test_chunk_token_cap_follows_the_model_size():
-    from ponder.train import ACTIVATION_BUDGET, chunk_tokens
+    from ponder.rl.train import ACTIVATION_BUDGET, chunk_tokens
     tiny, _ = new_tiny(TinyModelConfig())
     width = tiny.config.hidden_size * tiny.config.num_hidden_layers
     assert chunk_tokens(tiny, -1) == ACTIVATION_BUDGET // width

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ponder.config import ConfigError
-from ponder.verify import main, task_by_name
+from ponder.core.config import ConfigError
+from ponder.commands.verify import main, task_by_name
 
 
 def lines(capsys):
@@ -68,7 +68,7 @@ def test_task_names():
 
 def test_verify_batch_keeps_order_and_masks_crashes():
     from ponder.tasks.base import Task
-    from ponder.verify import verify_batch
+    from ponder.commands.verify import verify_batch
 
     task = task_by_name("arithmetic")
     exs = task.examples("train", 20)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from ponder.config import ConfigError
+from ponder.core.config import ConfigError
 from ponder.tasks.arithmetic import ArithmeticTask
 from ponder.tasks.base import Example, Task
 from ponder.tasks.countdown import CountdownTask

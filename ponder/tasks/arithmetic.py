@@ -12,9 +12,9 @@ import random
 import re
 from dataclasses import dataclass
 
-from ponder.config import ConfigError
+from ponder.core.config import ConfigError
 from ponder.tasks.base import Example, Task, answer_text, check_split, split_of
-from ponder.verdict import Verdict, correct, wrong
+from ponder.core.verdict import Verdict, correct, wrong
 
 OPS = ("add", "mul")
 SYMBOL = {"add": "+", "mul": "*"}

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ponder.verdict import Verdict
+from ponder.core.verdict import Verdict
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -14,9 +14,9 @@ import random
 from collections import Counter
 from fractions import Fraction
 
-from ponder.config import ConfigError
+from ponder.core.config import ConfigError
 from ponder.tasks.base import Example, Task, answer_text, check_split, split_of
-from ponder.verdict import Verdict, correct, wrong
+from ponder.core.verdict import Verdict, correct, wrong
 
 MAX_ANSWER_CHARS = 200  # a real answer is short; anything longer is refused before parsing
 _OPS = {ast.Add: lambda x, y: x + y, ast.Sub: lambda x, y: x - y,

@@ -19,9 +19,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ponder.config import ConfigError
+from ponder.core.config import ConfigError
 from ponder.tasks.base import SPLITS, Example, Task, check_split, split_of
-from ponder.verdict import Verdict
+from ponder.core.verdict import Verdict
 from ponder.verifiers.custom import Grader, PythonGrader, grade, load_function, load_grader, parse_grader
 
 _KNOWN = ("id", "prompt", "answer", "difficulty", "split")

@@ -27,9 +27,9 @@ import math
 import re
 from typing import Any
 
-from ponder.config import ConfigError
+from ponder.core.config import ConfigError
 from ponder.tasks.base import Example, Task, answer_text, check_split, split_of
-from ponder.verdict import Verdict, correct, invalid, wrong
+from ponder.core.verdict import Verdict, correct, invalid, wrong
 
 PREFIX = "rg:"  # registry names look like "rg:leg_counting"
 _SEED_STRIDE = 1_000_003  # keeps the seeds of different (split, seed, round) pairs apart

@@ -43,9 +43,9 @@ import secrets
 import sys
 from pathlib import Path
 
-from ponder import sandbox
-from ponder.sandbox import Limits, Program, SandboxError
-from ponder.verdict import Verdict, correct, invalid, wrong
+from ponder.verifiers import sandbox
+from ponder.verifiers.sandbox import Limits, Program, SandboxError
+from ponder.core.verdict import Verdict, correct, invalid, wrong
 from ponder.verifiers import code_harness
 
 _HARNESS = Path(code_harness.__file__).read_text(encoding="utf-8")

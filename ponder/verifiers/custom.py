@@ -37,9 +37,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ponder.config import ConfigError, build, check_choices, load_toml, option
+from ponder.core.config import ConfigError, build, check_choices, load_toml, option
 from ponder.tasks.base import Example, answer_text
-from ponder.verdict import Verdict, correct, invalid, wrong
+from ponder.core.verdict import Verdict, correct, invalid, wrong
 
 # ------------------------------------------------------------ (a) user functions
 
@@ -280,7 +280,7 @@ class CodeTestsGrader:
     memory_mb: int = option(1024, "address-space limit per process")
 
     def grade(self, completion: str, example: Example) -> Verdict:
-        from ponder.sandbox import Limits
+        from ponder.verifiers.sandbox import Limits
         from ponder.verifiers.code import verify_code
 
         ans, bad = _answer(completion)

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ponder.config import ConfigError, option
-from ponder.verdict import Verdict, correct, invalid, wrong
+from ponder.core.config import ConfigError, option
+from ponder.core.verdict import Verdict, correct, invalid, wrong
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ponder.config import ConfigError, option
-from ponder.verdict import Verdict, correct, invalid, wrong
+from ponder.core.config import ConfigError, option
+from ponder.core.verdict import Verdict, correct, invalid, wrong
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,509 @@
+"""`ponder train`: GRPO (and its family) on a task, from a recipe.
+
+The loop reads like the algorithm (numbers match `ponder.grpo`'s docstring):
+
+    for step in steps:
+        batch   = sample_groups(...)          # 1, 2, 4: rollouts, verdicts, rewards, refills
+        adv     = advantage_fn(rewards)       # 3
+        metrics = update_policy(...)          # 5, 6, 7
+        log, checkpoint
+
+Checkpoints are exact: each step's prompts and sampling seeds are functions
+of (seed, step), so resuming from a checkpoint replays the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import contextlib
+
+import torch
+from tqdm import tqdm
+
+from ponder.core import checkpoint as ckpt
+from ponder.models import lora
+from ponder.tasks.chat import PROMPT_FORMATS, adapt_task
+from ponder.core import config as C
+from ponder.core.config import ConfigError, check_choices, option
+from ponder.models.decoder import supports
+from ponder.engine.engine import Engine, Sample, SamplingParams, rollout_copy
+from ponder.rl.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_advantages, informative_groups,
+                         kl_k3, length_rewards)
+from ponder.core.metrics import peak_rss_gb, rollout_metrics
+from ponder.models.model import load_model, save_model
+from ponder.core.runlog import RunLog
+from ponder.tasks import get_task
+from ponder.tasks.base import Example, Task, format_score
+from ponder.core.verdict import Verdict
+from ponder.commands.verify import verify_batch
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str):
+    """Matmuls in bf16 (AMX on recent x86 CPUs) while parameters, gradients and the
+    optimizer stay fp32; a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    model: str = option("tiny", "HF model folder to start from ('tiny' = the built-in base)")
+    task: str = option("arithmetic", "task name (see `ponder tasks`)")
+    task_options: str = option("", "task options as 'key=value key=value', e.g. 'max_digits=5 ops=add,mul'")
+    out: str = option("runs/rl", "run directory: metrics, checkpoints, final model")
+    steps: int = option(200, "RL steps")
+    prompts_per_step: int = option(16, "groups per step (P)")
+    group_size: int = option(8, "samples per prompt (G)")
+    max_new_tokens: int = option(128, "completion token limit")
+    temperature: float = option(1.0, "sampling temperature for rollouts")
+    top_p: float = option(1.0, "nucleus sampling for rollouts")
+    lr: float = option(5e-4, "AdamW learning rate (constant after warm-up)")
+    warmup: int = option(10, "linear warm-up steps")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "max gradient norm")
+    advantage: str = option("grpo", "advantage estimator", choices=tuple(ADVANTAGES))
+    scale_rewards: bool = option(True, "divide by the group std (False = Dr. GRPO)")
+    loss_agg: str = option("token", "loss aggregation: token-level (DAPO) or per-sequence (GRPO)",
+                           choices=tuple(AGGREGATIONS))
+    clip_low: float = option(0.2, "lower clip epsilon of the importance ratio")
+    clip_high: float = option(0.28, "upper clip epsilon (> clip_low = DAPO clip-higher)")
+    kl_coef: float = option(0.0, "weight of the k3 KL to the frozen starting model (0 = off)")
+    track_kl: bool = option(True, "measure KL to the starting model even when kl_coef = 0")
+    dynamic_sampling: bool = option(False, "drop groups whose rewards all agree and refill the batch")
+    max_refills: int = option(3, "extra sampling rounds allowed per step to refill the batch")
+    epochs: int = option(1, "optimisation passes over each rollout batch")
+    minibatches: int = option(1, "minibatches per pass")
+    format_weight: float = option(0.0, "weight of the <think>…</think> format reward")
+    length_weight: float = option(0.0, "weight of Kimi k1.5's group-relative length reward (long2short RL): "
+                                  "+0.5 for a group's shortest correct completion down to -0.5 for its "
+                                  "longest; wrong ones never gain. 0 = off")
+    seed: int = option(0, "seed for prompts and sampling")
+    save_every: int = option(50, "checkpoint every N steps (and at the end)")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    tensorboard: bool = option(True, "also write TensorBoard event files")
+    progress: bool = option(True, "show a progress bar")
+    prompt_format: str = option("auto", "how prompts reach the model: raw text, the chat template (chat), or the "
+                                "chat template with a <think> section (chat_think); auto = chat when the "
+                                "tokenizer has a template", choices=PROMPT_FORMATS)
+    precision: str = option("fp32", "matmul precision: bf16 samples rollouts from a bf16 copy of the policy "
+                            "and autocasts the update's matmuls (weights, grads, optimizer stay fp32); "
+                            "2-3x faster on CPUs with AMX/AVX512-bf16",
+                            choices=PRECISIONS)
+    micro_batch: int = option(16, "rows per forward/backward chunk (gradients accumulate): bounds memory, "
+                              "not the update; 0 = the whole minibatch at once")
+    micro_batch_tokens: int = option(-1, "also cap a chunk's rows x padded length at this many tokens; "
+                                     "-1 = from the model's size (activations grow with tokens x hidden x "
+                                     "layers: a full SmolLM2-135M step stays under 6 GB), 0 = no cap")
+    lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning); needs the peft package")
+    lora_alpha: float = option(32.0, "LoRA scaling numerator (scale = alpha / rank)")
+    lora_targets: str = option("all-linear", "modules that get adapters: all-linear or names like q_proj,v_proj")
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.micro_batch < 0 or self.lora_rank < 0:
+            raise ConfigError(f"micro_batch and lora_rank must be >= 0, got {self.micro_batch}, {self.lora_rank}")
+        if self.micro_batch_tokens < -1:
+            raise ConfigError(f"micro_batch_tokens must be -1 (auto), 0 (no cap) or a token count, "
+                              f"got {self.micro_batch_tokens}")
+        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 for group-relative advantages, got {self.group_size}")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ConfigError(f"clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if self.lr <= 0 or self.kl_coef < 0 or self.format_weight < 0 or self.length_weight < 0:
+            raise ConfigError(f"lr must be > 0, kl_coef, format_weight and length_weight >= 0; got {self.lr}, "
+                              f"{self.kl_coef}, {self.format_weight}, {self.length_weight}")
+        if (self.prompts_per_step * self.group_size) % self.minibatches:
+            raise ConfigError(f"minibatches={self.minibatches} must divide the batch of "
+                              f"{self.prompts_per_step * self.group_size} rows")
+
+
+def parse_task_options(text: str) -> dict:
+    """'max_digits=5 ops=add,mul' -> {'max_digits': 5, 'ops': 'add,mul'} (ints and floats converted)."""
+    out = {}
+    for item in text.split():
+        if "=" not in item:
+            raise ConfigError(f"task option {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        for conv in (int, float):
+            try:
+                v = conv(v)
+                break
+            except ValueError:
+                pass
+        out[k] = v
+    return out
+
+
+# -- rewards -------------------------------------------------------------------------
+VERIFY_THREADS = 8
+
+
+def score(task: Task, samples: list[Sample], examples: list[Example], format_weight: float):
+    """Verdicts and rewards for a flat list of samples; invalid verdicts get reward NaN."""
+    # Concurrent: math checks run in worker processes and code in sandboxes, so threads
+    # only wait on them; a verifier that raises becomes `invalid` for that sample.
+    verdicts: list[Verdict] = verify_batch(task, [s.text for s in samples], examples, threads=VERIFY_THREADS)
+    rewards = [float("nan") if v.status == "invalid" else v.score + format_weight * format_score(s.text)
+               for s, v in zip(samples, verdicts)]
+    return verdicts, rewards
+
+
+def fill_invalid(rewards: torch.Tensor) -> torch.Tensor:
+    """(P, G): replace NaN (invalid verdicts) by the group's mean valid reward, so their advantage is 0."""
+    valid = ~torch.isnan(rewards)
+    mean = torch.where(valid, rewards, 0).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp_min(1)
+    return torch.where(valid, rewards, mean.expand_as(rewards))
+
+
+# -- rollouts --------------------------------------------------------------------------
+def step_examples(task: Task, cfg: RLConfig, step: int, round_: int) -> list[Example]:
+    """The prompts of one step (and refill round): a pure function of (seed, step, round)."""
+    return task.examples("train", cfg.prompts_per_step, seed=cfg.seed * 1_000_003 + step * 101 + round_)
+
+
+def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int) -> dict:
+    """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups."""
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    groups, all_samples, all_verdicts, all_rewards = [], [], [], []
+    gen_s, gen_tokens, zero_var = 0.0, 0, []
+    for round_ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
+        examples = step_examples(task, cfg, step, round_)
+        out = engine.generate([e.prompt for e in examples], cfg.group_size, params,
+                              seed=cfg.seed * 7_919 + step * 13 + round_)
+        gen_s += engine.last_stats.seconds
+        gen_tokens += engine.last_stats.generated_tokens
+        flat = [s for group in out for s in group]
+        flat_verdicts, flat_rewards = score(task, flat, [ex for ex, g in zip(examples, out) for _ in g],
+                                            cfg.format_weight)  # the whole round at once: one pool
+        G = cfg.group_size
+        for i, (ex, group) in enumerate(zip(examples, out)):
+            verdicts, rewards = flat_verdicts[i * G:(i + 1) * G], flat_rewards[i * G:(i + 1) * G]
+            all_samples += group
+            all_verdicts += verdicts
+            all_rewards += rewards
+            r = fill_invalid(torch.tensor([rewards]))
+            if cfg.length_weight:
+                r = r + cfg.length_weight * length_rewards(torch.tensor([[len(s.ids) for s in group]]),
+                                                           torch.tensor([[v.ok for v in verdicts]]))
+            informative = bool(informative_groups(r)[0])
+            if round_ == 0:
+                zero_var.append(not informative)
+            if informative or not cfg.dynamic_sampling:
+                groups.append((group, r[0], verdicts))
+        if not cfg.dynamic_sampling or len(groups) >= cfg.prompts_per_step:
+            break
+    groups = groups[: cfg.prompts_per_step]
+    metrics = rollout_metrics(all_samples, all_verdicts, [r for r in all_rewards if not math.isnan(r)] or [0.0])
+    metrics.update(zero_var_frac=sum(zero_var) / len(zero_var), gen_seconds=gen_s,
+                   tokens_per_s=gen_tokens / gen_s if gen_s else 0.0, groups_used=len(groups))
+    return {"groups": groups, "metrics": metrics}
+
+
+# -- policy update -----------------------------------------------------------------------
+def pack(samples: list[Sample], pad_id: int):
+    """Right-padded (ids, attention_mask, completion_mask), each (B, L); the mask marks the
+    positions whose *next* token is a completion token (so logits[:, :-1] line up)."""
+    rows = [list(s.prompt_ids) + list(s.ids) for s in samples]
+    L = max(map(len, rows))
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), L), dtype=torch.long)
+    comp = torch.zeros((len(rows), L - 1))
+    for i, (s, r) in enumerate(zip(samples, rows)):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+        comp[i, len(s.prompt_ids) - 1: len(r) - 1] = 1.0
+    return ids, attn, comp
+
+
+def policy_logits(model, ids, attn):
+    return model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, L-1, V)
+
+
+def body_and_head(model):
+    """(decoder body, lm_head) of a Llama-family model (LoRA-wrapped or not), or None.
+
+    With them the head runs on completion positions only: over a 50k vocabulary
+    the head and its log-softmax cost as much as a dozen layers, and prompt and
+    padding positions never enter the loss."""
+    plain = lora.plain_model(model)
+    return (plain.model, plain.lm_head) if supports(plain) else None
+
+
+def completion_logprobs(model, ids, attn, comp):
+    """Log-probs of the next tokens and the entropy at each completion position, both (B, L-1)
+    with zeros elsewhere; one log-softmax serves both."""
+    targets = ids[:, 1:]
+    sel = comp.bool()  # (B, L-1)
+    parts = body_and_head(model)
+    if parts is None:
+        logits = policy_logits(model, ids, attn)[sel]  # (N, V)
+    else:
+        body, head = parts
+        hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]  # (B, L-1, D)
+        logits = head(hidden[sel])  # (N, V)
+    logp_all = torch.log_softmax(logits.float(), dim=-1)
+    logp_sel = logp_all.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1)  # (N,)
+    logp = torch.zeros(sel.shape, dtype=logp_sel.dtype).masked_scatter(sel, logp_sel)
+    with torch.no_grad():
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+        entropy = torch.zeros(sel.shape, dtype=ent.dtype).masked_scatter(sel, ent)
+    return logp, entropy
+
+
+def row_chunks(rows: torch.Tensor, lengths: torch.Tensor, micro_batch: int, max_tokens: int = 0) -> list[torch.Tensor]:
+    """Split row indices into forward/backward chunks, rows of similar length together so
+    that each chunk carries little padding. A chunk holds at most `micro_batch` rows
+    (0 = no row cap) and, when `max_tokens` > 0, at most that many rows x padded length
+    (always at least one row)."""
+    rows = rows[lengths[rows].argsort(stable=True)]
+    chunks, start = [], 0
+    for end in range(1, len(rows) + 1):
+        n, longest = end - start, int(lengths[rows[end - 1]])  # ascending: the last row is the longest
+        if n > 1 and ((micro_batch and n > micro_batch) or (max_tokens and n * longest > max_tokens)):
+            chunks.append(rows[start:end - 1])
+            start = end - 1
+    if start < len(rows):
+        chunks.append(rows[start:])
+    return chunks
+
+
+# Activation budget of one chunk, in tokens x hidden size x layers. A full fine-tuning
+# step of SmolLM2-135M (576 x 30) measured 5.4 GB at 4 rows x ~180 tokens and 7.0 GB at
+# 8 rows: 12M keeps it near the first (~690 tokens) and never binds on the tiny model.
+ACTIVATION_BUDGET = 12_000_000
+
+
+def chunk_tokens(model, micro_batch_tokens: int) -> int:
+    """Token cap of a forward/backward chunk: the configured one, or -1 -> from the model's size."""
+    if micro_batch_tokens >= 0:
+        return micro_batch_tokens
+    cfg = lora.plain_model(model).config
+    width = getattr(cfg, "hidden_size", 0) * getattr(cfg, "num_hidden_layers", 0)
+    return max(1, ACTIVATION_BUDGET // width) if width else 0
+
+
+def trimmed(batch: dict, rows: torch.Tensor) -> tuple:
+    """(ids, attn, comp) of `rows`, cut to their longest sequence: right padding beyond it
+    is dead compute, and nothing beyond it enters the loss."""
+    L = int(batch["attn"][rows].sum(1).max())
+    return batch["ids"][rows, :L], batch["attn"][rows, :L], batch["comp"][rows, :L - 1]
+
+
+# Share of one row chunk in its minibatch's aggregate, so that the chunks' weighted losses
+# sum to exactly the loss of the whole minibatch (gradient accumulation without bias).
+CHUNK_WEIGHTS = {
+    "token": lambda mask_chunk, mask_all: mask_chunk.sum() / mask_all.sum().clamp_min(1.0),
+    "sequence": lambda mask_chunk, mask_all: mask_chunk.size(0) / mask_all.size(0),
+}
+
+
+@torch.no_grad()
+def chunked_logprobs(model, batch: dict, micro_batch: int, precision: str, max_tokens: int = 0) -> torch.Tensor:
+    """(B, L-1) completion log-probs of the whole batch, one `row_chunks` chunk at a time."""
+    B, L = batch["ids"].shape
+    out = torch.zeros((B, L - 1))
+    for rows in row_chunks(torch.arange(B), batch["attn"].sum(1), micro_batch, max_tokens):
+        ids, attn, comp = trimmed(batch, rows)
+        with autocast(precision):
+            logp, _ = completion_logprobs(model, ids, attn, comp)
+        out[rows, : logp.size(1)] = logp
+    return out
+
+
+def update_policy(model, ref_model, opt, batch: dict, cfg: RLConfig, advantage_fn, aggregate) -> dict:
+    """Steps 5-7: clipped surrogate (+ optional KL), aggregated, for `epochs` x `minibatches`.
+
+    Each minibatch is one optimizer step; its forward/backward runs in chunks of at
+    most `micro_batch` rows and `micro_batch_tokens` tokens whose gradients accumulate (weighted by `CHUNK_WEIGHTS`), so
+    peak memory follows the chunk, not the batch.
+    """
+    comp, adv = batch["comp"], batch["adv"]
+    B = comp.size(0)
+    lengths = batch["attn"].sum(1)
+    max_tokens = chunk_tokens(model, cfg.micro_batch_tokens)
+    old_logp = (chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, max_tokens)
+                if cfg.epochs > 1 or cfg.minibatches > 1 else None)
+    ref_logp = (chunked_logprobs(ref_model, batch, cfg.micro_batch, cfg.precision, max_tokens)
+                if ref_model is not None else None)
+    weight = CHUNK_WEIGHTS[cfg.loss_agg]
+    params = lora.trainable_parameters(model)
+    stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0}
+    n_updates = 0
+    for _ in range(cfg.epochs):
+        for mb in torch.arange(B).chunk(cfg.minibatches):
+            opt.zero_grad(set_to_none=True)
+            mask_mb = comp[mb]
+            denom = mask_mb.sum().clamp_min(1).item()
+            sums = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0}
+            for rows in row_chunks(mb, lengths, cfg.micro_batch, max_tokens):
+                ids, attn, mask = trimmed(batch, rows)
+                T = mask.size(1)
+                with autocast(cfg.precision):
+                    logp, entropy = completion_logprobs(model, ids, attn, mask)
+                old = old_logp[rows, :T] if old_logp is not None else logp.detach()
+                per_tok, clipped = clipped_policy_loss(logp, old, adv[rows], cfg.clip_low, cfg.clip_high)
+                kl = kl_k3(logp, ref_logp[rows, :T]) if ref_logp is not None else None
+                if kl is not None and cfg.kl_coef > 0:
+                    per_tok = per_tok + cfg.kl_coef * kl
+                loss = aggregate(per_tok, mask) * weight(mask, mask_mb)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError("non-finite loss")
+                loss.backward()
+                with torch.no_grad():
+                    sums["loss"] += loss.item()
+                    sums["clip_frac"] += (clipped.float() * mask).sum().item()
+                    sums["entropy"] += (entropy * mask).sum().item()
+                    sums["kl"] += (kl * mask).sum().item() if kl is not None else 0.0
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if not torch.isfinite(gn):
+                raise FloatingPointError("non-finite gradient norm")
+            opt.step()
+            stats["loss"] += sums["loss"]
+            for k in ("clip_frac", "entropy", "kl"):
+                stats[k] += sums[k] / denom
+            stats["grad_norm"] += gn.item()
+            n_updates += 1
+    return {k: v / n_updates for k, v in stats.items()}
+
+
+def build_batch(groups, pad_id: int, advantage_fn) -> dict:
+    samples = [s for g, _, _ in groups for s in g]
+    rewards = torch.stack([r for _, r, _ in groups])  # (P, G)
+    adv = advantage_fn(rewards).reshape(-1)  # (B,)
+    ids, attn, comp = pack(samples, pad_id)
+    invalid = torch.tensor([v.status == "invalid" for _, _, vs in groups for v in vs])
+    comp[invalid] = 0.0  # a verifier failure teaches nothing: masked out of the loss
+    return {"ids": ids, "attn": attn, "comp": comp, "adv": adv}
+
+
+# -- the run -----------------------------------------------------------------------------
+def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
+    C.set_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = get_task(cfg.task, **parse_task_options(cfg.task_options))
+    model, tok = load_model(cfg.model)
+    task = adapt_task(task, tok, cfg.prompt_format)
+    ref_model = None
+    if cfg.kl_coef > 0 or cfg.track_kl:
+        ref_model, _ = load_model(cfg.model)
+        ref_model.requires_grad_(False)
+    if cfg.precision == "bf16" and hasattr(model, "set_attn_implementation"):
+        # CPU flash attention's bf16 backward is slower than eager attention at RL lengths
+        # (SmolLM2-135M, 16 rows x 100 tokens: 7.6 s vs 4.7 s); rollouts use ponder's decoder anyway.
+        model.set_attn_implementation("eager")
+    if cfg.lora_rank:
+        model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    opt = torch.optim.AdamW(lora.trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            betas=(0.9, 0.99))
+    start = 0
+    ck_root = out / "checkpoints"
+    if resume:
+        last = ckpt.latest(ck_root)
+        if last is None:
+            raise ConfigError(f"--resume: no complete checkpoint under {str(ck_root)!r}")
+        from transformers import AutoModelForCausalLM
+        if lora.is_adapter_folder(last):  # LoRA checkpoints hold the adapter; the base comes from cfg.model
+            model = lora.load_adapter_checkpoint(load_model(cfg.model)[0], last)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(last, dtype=torch.float32)
+        if cfg.precision == "bf16" and hasattr(lora.plain_model(model), "set_attn_implementation"):
+            lora.plain_model(model).set_attn_implementation("eager")
+        opt = torch.optim.AdamW(lora.trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                betas=(0.9, 0.99))
+        state = ckpt.load_state(last)
+        opt.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start = state["step"]
+        print(f"{log_prefix}resuming from {last.name} (step {start} of {cfg.steps})")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" else ADVANTAGES[cfg.advantage]
+    aggregate = AGGREGATIONS[cfg.loss_agg]
+    log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start + 1 if start else 0)  # keep steps <= start
+    stop = ckpt.StopFlag()
+    sampler = None  # the model rollouts sample from (a bf16 copy with precision = "bf16")
+    previous = signal.signal(signal.SIGINT, stop)
+    bar = tqdm(range(start, cfg.steps), desc=f"{log_prefix}GRPO", initial=start, total=cfg.steps,
+               disable=not cfg.progress, mininterval=1)
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            model.eval()
+            sampler = rollout_copy(lora.plain_model(model), cfg.precision, sampler)
+            engine = Engine(sampler, tok)
+            rolled = sample_groups(engine, task, cfg, step)
+            metrics = dict(rolled["metrics"])
+            if rolled["groups"]:
+                model.train()
+                batch = build_batch(rolled["groups"], engine.pad_id, advantage_fn)
+                t1 = time.perf_counter()
+                try:
+                    metrics.update(update_policy(model, ref_model, opt, batch, cfg, advantage_fn, aggregate))
+                except FloatingPointError as e:
+                    last = ckpt.latest(ck_root)
+                    raise FloatingPointError(
+                        f"{e} at step {step + 1}; stopped. Last good checkpoint: "
+                        f"{last if last else 'none (no checkpoint was written yet)'}") from None
+                metrics["train_seconds"] = time.perf_counter() - t1
+            metrics.update(step_time=time.perf_counter() - t0, lr=lr, peak_rss_gb=peak_rss_gb())
+            log.log(step + 1, metrics)
+            bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}",
+                            think=f"{metrics['think_len_mean']:.0f}", refresh=False)
+            done = step + 1
+            if done % cfg.save_every == 0 or done == cfg.steps or stop.set:
+                ckpt.save(ck_root, done, model, tok, {"optimizer": opt.state_dict(), "config": asdict(cfg)})
+            if stop.set:
+                print(f"\n{log_prefix}interrupted after step {done}; checkpoint saved. "
+                      f"Resume with: ponder train --resume --out {out} (same recipe/flags)")
+                raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        log.close()
+        bar.close()
+    model.eval()
+    final = save_model(lora.merged(model), tok, out / "model")  # LoRA: adapters folded in
+    return final
+
+
+def main(argv: list[str]) -> int:
+    # A recipe with `kind = "sft"` at the top level is an SFT stage; anything else is RL.
+    recipe = next((a for a in argv if a.endswith(".toml") and Path(a).is_file()), None)
+    kind = C.load_toml(recipe).get("kind", "rl") if recipe else "rl"
+    if kind not in ("rl", "sft"):
+        raise ConfigError(f"recipe {recipe!r}: kind = {kind!r} is not valid for `ponder train`; choose one of: rl, sft")
+    if kind == "sft":
+        from ponder.stages.sft import main as sft_main
+        return sft_main(argv)
+    ap = argparse.ArgumentParser(prog="ponder train", description="GRPO on a task (R1-Zero style: no SFT needed); "
+                                 "a recipe with kind = \"sft\" runs `ponder sft` instead.")
+    ap.add_argument("recipe", nargs="?", help="TOML recipe with RLConfig keys (top level or [train])")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    C.add_arguments(ap, RLConfig)
+    args = ap.parse_args(argv)
+    values = C.load_toml(args.recipe, section="train") if args.recipe else {}
+    values.pop("kind", None)
+    values.update({f: getattr(args, f) for f in RLConfig.__dataclass_fields__ if getattr(args, f) is not None})
+    cfg = C.build(RLConfig, values)
+    try:
+        path = train(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    print(f"trained model: {path}")
+    return 0

@@ -1,0 +1,337 @@
+"""`ponder sft` / `ponder distill`: supervised fine-tuning on (prompt, completion) traces.
+
+One loop serves three stages of the R1 recipe:
+
+- cold start: a few clean reasoning traces before RL;
+- rejection-sampling SFT: the verifier-accepted samples of `ponder collect`;
+- distillation: a smaller student, fresh (`student = "hidden_size=64 layers=3 heads=4"`) or a small base,
+  on a teacher's accepted traces ("long2short" when those are the shortest
+  correct ones: `ponder collect --keep shortest`).
+
+The loss is next-token cross-entropy on the completion tokens only (the
+prompt is context, not a target), averaged over the batch's completion
+tokens. Training is exact under resume: the order of the data is a pure
+function of (seed, epoch), the step fixes the position in it, and a
+checkpoint holds weights, optimizer, scheduler and RNG states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ponder.core import checkpoint as ckpt
+from ponder.core import config as C
+from ponder.core.config import ConfigError, check_choices, option
+from ponder.models.model import TinyModelConfig, count_params, load_model, new_tiny, save_model
+from ponder.core.runlog import RunLog
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    data: str = option("", "JSONL trace file(s), comma-separated; each line has 'prompt' and 'completion'")
+    model: str = option("tiny", "HF model folder to fine-tune ('tiny' = the built-in base); ignored with `student`")
+    student: str = option("", "build a fresh tiny student instead, e.g. 'hidden_size=64 layers=2 heads=2 mlp_ratio=3'")
+    out: str = option("runs/sft", "run directory: metrics, checkpoints, final model")
+    epochs: int = option(3, "passes over the traces")
+    batch_size: int = option(32, "traces per step (the last batch of an epoch may be smaller)")
+    lr: float = option(1e-3, "peak AdamW learning rate")
+    warmup: int = option(10, "linear warm-up steps")
+    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "max gradient norm")
+    seed: int = option(0, "seed of the data order (and of a fresh student's weights)")
+    save_every: int = option(50, "checkpoint every N steps (and at the end)")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    tensorboard: bool = option(False, "also write TensorBoard event files")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("epochs", "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not (0 <= self.min_lr_ratio <= 1) or self.warmup < 0:
+            raise ConfigError(f"need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0; "
+                              f"got {self.lr}, {self.min_lr_ratio}, {self.warmup}")
+        if self.student:
+            student_config(self.student)  # fail now, not after loading the data
+
+
+class TraceFileError(ValueError):
+    """A trace file that cannot be read; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    prompt: str
+    completion: str
+    source: str  # "file:line", for error messages and provenance
+
+
+# -- data ----------------------------------------------------------------------------------
+def read_traces(path: str | Path) -> list[Trace]:
+    """Every line of a JSONL trace file, or TraceFileError naming the file and the first bad line.
+
+    A truncated file (a write that was killed) shows up as a last line that is not valid JSON.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TraceFileError(f"trace file {str(p)!r} does not exist")
+    out = []
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{p}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TraceFileError(f"{where}: not UTF-8 ({e})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TraceFileError(f"{where}: not valid JSON ({e.msg}); is the file truncated or corrupt?") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
+                    or not isinstance(row.get("completion"), str):
+                raise TraceFileError(f"{where}: expected an object with string fields 'prompt' and 'completion'")
+            out.append(Trace(row["prompt"], row["completion"], where))
+    if not out:
+        raise TraceFileError(f"trace file {str(p)!r} holds no traces")
+    return out
+
+
+def data_files(spec: str) -> list[Path]:
+    files = [Path(s.strip()) for s in spec.split(",") if s.strip()]
+    if not files:
+        raise ConfigError("SFTConfig.data is empty; give one or more JSONL trace files (comma-separated)")
+    return files
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encode_trace(tok, t: Trace) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids + EOS), tokenized as the engine sees them: the prompt with
+    the tokenizer's specials (BOS), the completion without."""
+    try:
+        prompt = tok(t.prompt)["input_ids"]
+        completion = tok(t.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    except Exception as e:  # `tokenizers` raises a plain Exception for text it cannot encode
+        raise TraceFileError(f"{t.source}: the model's tokenizer cannot encode this trace ({e})") from None
+    return prompt, completion
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded (ids, attention_mask, labels), each (B, L); labels are -100 except on
+    completion tokens, so the loss ignores the prompt and the padding."""
+    L = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), L), dtype=torch.long)
+    labels = torch.full((len(rows), L), -100, dtype=torch.long)
+    for i, (p, c) in enumerate(rows):
+        seq = torch.tensor(p + c)
+        ids[i, : len(seq)] = seq
+        attn[i, : len(seq)] = 1
+        labels[i, len(p): len(seq)] = torch.tensor(c)
+    return ids, attn, labels
+
+
+def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the batch's completion tokens (token-level, not per sequence)."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, L-1, V)
+    target = labels[:, 1:]  # (B, L-1): position t predicts token t+1
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
+
+
+# -- schedule and data order: pure functions of (config, step) -------------------------------
+def steps_per_epoch(n_traces: int, batch_size: int) -> int:
+    return math.ceil(n_traces / batch_size)
+
+
+def epoch_order(n_traces: int, seed: int, epoch: int) -> list[int]:
+    """The permutation of the traces used in `epoch` (its own generator: independent of global RNG)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_traces, generator=g).tolist()
+
+
+def batch_indices(n_traces: int, cfg: SFTConfig, step: int) -> list[int]:
+    """Which traces step `step` trains on.
+
+    >>> cfg = SFTConfig(data="x", batch_size=4)
+    >>> len(batch_indices(10, cfg, 2)), sorted(sum((batch_indices(10, cfg, s) for s in range(3)), []))
+    (2, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    """
+    spe = steps_per_epoch(n_traces, cfg.batch_size)
+    epoch, pos = divmod(step, spe)
+    order = epoch_order(n_traces, cfg.seed, epoch)
+    return order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup - 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# -- model ------------------------------------------------------------------------------------
+def student_config(spec: str) -> TinyModelConfig:
+    """'hidden_size=64 layers=2' -> TinyModelConfig (unnamed fields keep their defaults)."""
+    from ponder.rl.train import parse_task_options
+    return C.build(TinyModelConfig, parse_task_options(spec))
+
+
+def initial_model(cfg: SFTConfig):
+    """(model, tokenizer, description of where the weights come from)."""
+    if cfg.student:
+        model, tok = new_tiny(student_config(cfg.student), seed=cfg.seed)
+        return model, tok, f"fresh student ({cfg.student}, seed {cfg.seed})"
+    model, tok = load_model(cfg.model)
+    return model, tok, cfg.model
+
+
+def make_optimizer(model, cfg: SFTConfig, total: int):
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.min_lr_ratio))
+    return opt, sched
+
+
+# -- the run ------------------------------------------------------------------------------------
+def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
+    """Fine-tune on `cfg.data`; returns OUT/model. Resumes exactly from OUT/checkpoints."""
+    C.set_threads(cfg.threads)
+    out = Path(cfg.out)
+    files = data_files(cfg.data)
+    traces = [t for f in files for t in read_traces(f)]  # fails before anything is written
+    hashes = {str(f): sha256_file(f) for f in files}
+    model, tok, origin = initial_model(cfg)
+    encoded = [encode_trace(tok, t) for t in traces]
+    spe = steps_per_epoch(len(traces), cfg.batch_size)
+    total = cfg.epochs * spe
+    opt, sched = make_optimizer(model, cfg, total)
+    ck_root = out / "checkpoints"
+    start = 0
+    if resume:
+        last = ckpt.latest(ck_root)
+        if last is None:
+            raise ConfigError(f"--resume: no complete checkpoint under {str(ck_root)!r}")
+        state = ckpt.load_state(last)
+        if state["data"]["sha256"] != hashes:
+            raise ConfigError(f"--resume: the trace files changed since {last}: "
+                              f"checkpoint has {state['data']['sha256']}, now {hashes}")
+        model, tok = load_model(last)
+        opt, sched = make_optimizer(model, cfg, total)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start = state["step"]
+        print(f"{log_prefix}resuming from {last.name} (step {start} of {total}, "
+              f"epoch {start // spe + 1}, batch {start % spe} of {spe})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(
+        {**asdict(cfg), "data_sha256": hashes, "init": origin, "traces": len(traces),
+         "steps_per_epoch": spe, "total_steps": total, "params": count_params(model)}, indent=1))
+    # RunLog keeps lines with step < resume_step; lines are numbered by steps done, so the
+    # checkpoint's own step (line `start`) is kept and only steps that will be redone are dropped.
+    log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start + 1 if resume else 0)
+    stop = ckpt.StopFlag()
+    previous = signal.signal(signal.SIGINT, stop)
+    bar = tqdm(range(start, total), desc=f"{log_prefix}SFT", initial=start, total=total,
+               disable=not cfg.progress, mininterval=1)
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            model.train()
+            idx = batch_indices(len(traces), cfg, step)
+            ids, attn, labels = collate([encoded[i] for i in idx], tok.pad_token_id)
+            loss = sft_loss(model, ids, attn, labels)
+            if not torch.isfinite(loss):
+                last = ckpt.latest(ck_root)
+                raise FloatingPointError(f"non-finite SFT loss at step {step}; stopped. "
+                                         f"Last good checkpoint: {last or 'none'}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            done = step + 1
+            log.log(done, {"loss": loss.item(), "grad_norm": gn.item(), "lr": lr, "epoch": step // spe,
+                           "tokens": int((labels != -100).sum()), "step_time": time.perf_counter() - t0})
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if done % cfg.save_every == 0 or done == total or stop.set:
+                ckpt.save(ck_root, done, model, tok, {
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "config": asdict(cfg),
+                    "data": {"sha256": hashes, "epoch": done // spe, "position": done % spe}})
+            if stop.set:
+                print(f"\n{log_prefix}interrupted after step {done}; checkpoint saved. "
+                      f"Resume with: ponder sft --resume --out {out} (same recipe/flags)")
+                raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        log.close()
+        bar.close()
+    model.eval()
+    return save_model(model, tok, out / "model")
+
+
+# -- command line -------------------------------------------------------------------------------
+def config_from_argv(argv: list[str], prog: str, description: str) -> tuple[SFTConfig, bool]:
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", nargs="?", help="TOML recipe with SFTConfig keys (top level or [sft])")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    C.add_arguments(ap, SFTConfig)
+    args = ap.parse_args(argv)
+    values = C.load_toml(args.recipe, "sft") if args.recipe else {}
+    values.pop("kind", None)  # `ponder train` dispatches on it; it is not an SFT setting
+    values.update({k: v for k, v in vars(args).items() if k in SFTConfig.__dataclass_fields__ and v is not None})
+    return C.build(SFTConfig, values), args.resume
+
+
+def _run(cfg: SFTConfig, resume: bool) -> int:
+    try:
+        path = sft(cfg, resume=resume)
+    except KeyboardInterrupt:
+        return 130
+    except TraceFileError as e:
+        print(f"ponder sft: {e}", file=sys.stderr)
+        return 1
+    print(f"fine-tuned model: {path}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    cfg, resume = config_from_argv(argv, "ponder sft", __doc__)
+    return _run(cfg, resume)
+
+
+def distill_main(argv: list[str]) -> int:
+    """`ponder distill`: SFT of a smaller student on a teacher's traces."""
+    cfg, resume = config_from_argv(argv, "ponder distill", distill_main.__doc__ + (
+        "\n\nThe student is fresh (--student 'hidden_size=64 layers=3 heads=4') or a small base from "
+        "`ponder pretrain --hidden-size 64 ...` (--model FOLDER). Get the traces with "
+        "`ponder collect --model TEACHER` (add `--keep shortest` for long2short) and pass them as --data."))
+    if not cfg.student and cfg.model in ("tiny", "builtin", "tiny-base"):
+        raise ConfigError("ponder distill needs a student smaller than the built-in base: --student "
+                          "'hidden_size=64 layers=3 heads=4' (fresh) or --model SMALL_BASE_FOLDER")
+    return _run(cfg, resume)
