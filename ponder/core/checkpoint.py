@@ -1,23 +1,34 @@
-"""Checkpoints that survive a crash at any moment.
+"""Checkpoints that survive a crash at any moment, and a resume that survives a bad one.
 
 A checkpoint is a folder `step-NNNNNN/` holding the model as an HF folder
 (safetensors) and `trainer_state.pt` (optimizer, step, RNG states). It is
-written under a temporary name, a `COMPLETE` marker is written last, and only
-then is the folder renamed into place; `latest()` ignores anything without
-the marker, so a kill during a write leaves the previous checkpoint in use.
+written under a temporary name; every file and the folder are fsynced, then a
+`COMPLETE` marker (the step and each file's size and SHA-256) is written and
+fsynced last, the folder is renamed into place and the parent folder fsynced,
+so that after a power loss the marker never names data that is not on disk.
+`latest()` ignores anything without the marker, so a kill during a write
+leaves the previous checkpoint in use; `load_latest()` also checks the files
+against the marker and falls back to an older checkpoint when one is damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from ponder.core.config import ConfigError
+
 MARKER = "COMPLETE"
+T = TypeVar("T")
 
 
 def rng_state() -> dict:
@@ -30,6 +41,53 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new names, renames) durable; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; nothing more can be done there
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def _seal(folder: Path, step: int) -> None:
+    """fsync every file and folder of `folder`, then write the marker with each file's size and hash."""
+    files = _files(folder)
+    for p in files:
+        _fsync_file(p)
+    for d in sorted({p.parent for p in files} | {folder}, key=lambda d: len(d.parts), reverse=True):
+        _fsync_dir(d)
+    listing = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+               for p in files}
+    with open(folder / MARKER, "w") as f:
+        json.dump({"step": step, "files": listing}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
 def save(ckpt_root: str | Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2) -> Path:
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -39,13 +97,11 @@ def save(ckpt_root: str | Path, step: int, model, tokenizer, trainer_state: dict
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
-    with open(tmp / MARKER, "w") as f:
-        f.write(str(step))
-        f.flush()
-        os.fsync(f.fileno())
+    _seal(tmp, step)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync_dir(root)  # the rename itself must survive a power loss
     for old in complete(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -66,6 +122,58 @@ def latest(ckpt_root: str | Path) -> Path | None:
 
 def load_state(ckpt: Path) -> dict:
     return torch.load(ckpt / "trainer_state.pt", weights_only=False)
+
+
+def damage(ckpt: Path) -> str | None:
+    """Why a complete checkpoint's files do not match its marker (naming the file), or None.
+
+    A marker from before file listings (just the step) cannot be checked and passes.
+    """
+    try:
+        listing = json.loads((ckpt / MARKER).read_text()).get("files")
+    except (ValueError, AttributeError):
+        return None
+    except OSError as e:
+        return f"{ckpt / MARKER} cannot be read ({e.strerror})"
+    for name, want in listing.items():
+        p = ckpt / name
+        if not p.is_file():
+            return f"{p} is missing"
+        size = p.stat().st_size
+        if size != want["size"]:
+            return f"{p} has {size} bytes, {want['size']} were written"
+        if sha256_file(p) != want["sha256"]:
+            return f"{p} does not match the SHA-256 recorded when it was written"
+    return None
+
+
+def load_latest(ckpt_root: str | Path, loader: Callable[[Path], T],
+                say: Callable[[str], Any] = print) -> tuple[Path, T]:
+    """(checkpoint, loader(checkpoint)) for the newest complete checkpoint that loads.
+
+    Checkpoints are tried newest first; one whose files do not match its marker,
+    or whose `loader` raises, is skipped with one line through `say` naming the
+    bad file. Raises ConfigError (one line) when there is no complete checkpoint
+    or none of them loads.
+    """
+    root = Path(ckpt_root)
+    found = complete(root)
+    if not found:
+        raise ConfigError(f"--resume: no complete checkpoint under {str(root)!r}")
+    problems = []
+    for path in reversed(found):
+        why = damage(path)
+        if why is None:
+            try:
+                return path, loader(path)
+            except Exception as e:  # any failure to load means: try the previous checkpoint
+                first = (str(e).strip().splitlines() or [""])[0]
+                why = f"{path} does not load ({type(e).__name__}: {first})"
+        problems.append(why)
+        older = [p for p in found if p < path]
+        if older:
+            say(f"checkpoint {path.name} is damaged: {why}; falling back to {older[-1].name}")
+    raise ConfigError(f"--resume: no checkpoint under {str(root)!r} loads: " + "; ".join(problems))
 
 
 class StopFlag:

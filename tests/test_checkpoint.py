@@ -1,0 +1,111 @@
+"""Checkpoints: durable on disk (fsync order), checked against their marker, and a resume
+that falls back past a damaged one instead of dying on it."""
+
+import json
+import os
+
+import pytest
+
+from ponder.core import checkpoint as ckpt
+from ponder.core.config import ConfigError
+from ponder.models.model import TinyModelConfig, new_tiny
+
+
+@pytest.fixture(scope="module")
+def small():
+    return new_tiny(TinyModelConfig(hidden_size=32, layers=1, heads=2, mlp_ratio=2), seed=0)
+
+
+def _two_checkpoints(root, small):
+    model, tok = small
+    ckpt.save(root, 2, model, tok, {"optimizer": {"which": 2}})
+    ckpt.save(root, 4, model, tok, {"optimizer": {"which": 4}})
+    return root / "step-000002", root / "step-000004"
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_save_fsyncs_data_and_folder_before_the_marker_and_the_parent_after_the_rename(tmp_path, small,
+                                                                                        monkeypatch):
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    root = tmp_path / "ck"
+    model, tok = small
+    ckpt.save(root, 3, model, tok, {"optimizer": {}})
+    tmp = str(root / ".tmp-step-000003")
+    names = [p.replace(tmp, "TMP") for p in synced]
+    marker = names.index("TMP/" + ckpt.MARKER)
+    for must in ("TMP/model.safetensors", "TMP/trainer_state.pt", "TMP/config.json", "TMP"):
+        assert must in names[:marker], (must, names)
+    # after the marker: the folder again (its new entry), then the parent, after the rename
+    assert "TMP" in names[marker + 1:] and names[-1] == str(root), names
+
+
+def test_marker_lists_every_file_with_size_and_hash(tmp_path, small):
+    old, new = _two_checkpoints(tmp_path, small)
+    listing = json.loads((new / ckpt.MARKER).read_text())
+    assert listing["step"] == 4
+    assert listing["files"]["model.safetensors"]["size"] == (new / "model.safetensors").stat().st_size
+    assert listing["files"]["trainer_state.pt"]["sha256"] == ckpt.sha256_file(new / "trainer_state.pt")
+    assert ckpt.damage(new) is None
+
+
+def test_truncated_weights_fall_back_to_the_previous_checkpoint_in_one_line(tmp_path, small):
+    old, new = _two_checkpoints(tmp_path, small)
+    _truncate(new / "model.safetensors")
+    said = []
+    path, state = ckpt.load_latest(tmp_path, ckpt.load_state, say=said.append)
+    assert path == old and state["optimizer"] == {"which": 2}
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert str(new / "model.safetensors") in said[0] and "step-000002" in said[0], said
+
+
+def test_changed_bytes_of_the_same_size_are_caught_by_the_hash(tmp_path, small):
+    old, new = _two_checkpoints(tmp_path, small)
+    p = new / "trainer_state.pt"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    assert "trainer_state.pt" in ckpt.damage(new)
+    assert ckpt.load_latest(tmp_path, ckpt.load_state, say=lambda s: None)[0] == old
+
+
+def test_none_loads_fails_in_one_line_naming_the_files(tmp_path, small):
+    old, new = _two_checkpoints(tmp_path, small)
+    _truncate(new / "model.safetensors")
+    (old / "trainer_state.pt").unlink()
+    with pytest.raises(ConfigError) as e:
+        ckpt.load_latest(tmp_path, ckpt.load_state, say=lambda s: None)
+    msg = str(e.value)
+    assert "\n" not in msg and str(new / "model.safetensors") in msg and str(old / "trainer_state.pt") in msg
+
+
+def test_no_checkpoint_at_all_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        ckpt.load_latest(tmp_path / "nothing", ckpt.load_state)
+
+
+def test_a_loader_that_raises_falls_back_too(tmp_path, small):
+    """Old checkpoints (a marker holding only the step) cannot be checked; their loader's error is the signal."""
+    old, new = _two_checkpoints(tmp_path, small)
+    for p in (old, new):
+        (p / ckpt.MARKER).write_text(p.name[-1])
+
+    def loader(path):
+        if path == new:
+            raise RuntimeError("Error while deserializing header: incomplete metadata\nsecond line")
+        return "ok"
+
+    said = []
+    assert ckpt.load_latest(tmp_path, loader, say=said.append) == (old, "ok")
+    assert len(said) == 1 and "RuntimeError: Error while deserializing header" in said[0]
+    assert "second line" not in said[0]
