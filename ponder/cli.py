@@ -15,6 +15,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretrain": ("ponder.stages.pretrain:main", "build the built-in tiny base model from a synthetic corpus"),
     "train": ("ponder.rl.train:main", "run GRPO (or a family variant) on a task from a recipe"),
     "eval": ("ponder.inference.evaluate:main", "pass@1, pass@k, maj@k and thinking length on a held-out split"),
+    "compare": ("ponder.inference.compare:main", "paired accuracy difference of two `ponder eval --out` files, with a 95% interval"),
     "report": ("ponder.commands.report:main", "write an HTML page with plots for a run directory"),
     "tasks": ("ponder.tasks:main", "list the built-in tasks"),
     "verify": ("ponder.commands.verify:main", "run a verifier on given answers and print verdicts (math, code, json, task)"),
