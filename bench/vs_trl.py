@@ -46,7 +46,8 @@ def shared_setup(model: str, prompts: int, group: int):
     from ponder.tasks.chat import adapt_task
     from ponder.models.model import load_model, resolve_model_path
     from ponder.tasks import get_task
-    from ponder.rl.train import RLConfig, parse_task_options, step_examples
+    from ponder.rl.train import RLConfig, step_examples
+    from ponder.tasks.spec import parse_task_options
 
     folder = resolve_model_path(model)
     _, tok = load_model(folder)

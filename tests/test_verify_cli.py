@@ -5,7 +5,8 @@ import json
 import pytest
 
 from ponder.core.config import ConfigError
-from ponder.commands.verify import main, task_by_name
+from ponder.commands.verify import main
+from ponder.tasks.spec import build_task
 
 
 def lines(capsys):
@@ -48,7 +49,7 @@ def test_json(tmp_path, capsys):
 
 
 def test_task_by_id_and_file(tmp_path, capsys):
-    task = task_by_name("arithmetic")
+    task = build_task("arithmetic")
     ex = task.examples("test", 1)[0]
     assert main(["task", "--task", "arithmetic", "--id", ex.id, "--completion", f"<think></think>{ex.answer}"]) == 0
     f = tmp_path / "c.jsonl"
@@ -61,16 +62,16 @@ def test_task_by_id_and_file(tmp_path, capsys):
 
 def test_task_names():
     with pytest.raises(ConfigError, match="valid tasks"):
-        task_by_name("no-such-task")
-    with pytest.raises(ConfigError, match="needs --grader"):
-        task_by_name("data.jsonl")
+        build_task("no-such-task")
+    with pytest.raises(ConfigError, match="needs a grader: --grader"):
+        build_task("data.jsonl")
 
 
 def test_verify_batch_keeps_order_and_masks_crashes():
     from ponder.tasks.base import Task
-    from ponder.commands.verify import verify_batch
+    from ponder.verifiers.batch import verify_batch
 
-    task = task_by_name("arithmetic")
+    task = build_task("arithmetic")
     exs = task.examples("train", 20)
     comps = [f"<think></think>{e.answer if i % 2 else 0}" for i, e in enumerate(exs)]
     assert [v.ok for v in verify_batch(task, comps, exs)] == [bool(i % 2) for i in range(20)]

@@ -19,8 +19,8 @@ from ponder.core import config as C
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.inference.evaluate import EvalConfig, evaluate, format_summary
 from ponder.models.model import BUILTIN_BASE, load_model, resolve_model_path
-from ponder.tasks import get_task
-from ponder.rl.train import RLConfig, parse_task_options, train
+from ponder.rl.train import RLConfig, train
+from ponder.tasks.spec import build_task
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def quickstart(qc: QuickstartConfig) -> dict:
     C.set_threads(qc.threads)
     out = Path(qc.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = get_task("arithmetic", **parse_task_options(qc.task_options))
+    task = build_task("arithmetic", qc.task_options)
     base = resolve_model_path(qc.base)
     if base == BUILTIN_BASE and not (base / "model.safetensors").is_file():
         from ponder.stages.pretrain import PretrainConfig, pretrain

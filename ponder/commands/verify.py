@@ -22,52 +22,9 @@ from typing import Any, Callable
 from ponder.core.config import ConfigError, add_arguments, from_args
 from ponder.tasks.base import SPLITS, Example, Task
 from ponder.core.verdict import Verdict
+from ponder.tasks.spec import build_task
 
 EXIT_CODES = {"correct": 0, "wrong": 1, "invalid": 2}
-
-
-def task_by_name(name: str, grader: str | None = None, **kwargs: Any) -> Task:
-    """A task from a name: built-in (`arithmetic`), reasoning-gym (`rg:leg_counting`) or a `.jsonl` file."""
-    if name.endswith(".jsonl") or name.startswith("jsonl:"):
-        from ponder.tasks.jsonl import JsonlTask
-
-        if not grader:
-            raise ConfigError(f"task file {name!r} needs --grader (a .toml grader spec or module:function)")
-        if kwargs:
-            raise ConfigError(f"a .jsonl task takes no options, got {', '.join(kwargs)}")
-        return JsonlTask(name.removeprefix("jsonl:"), grader)
-    if name.startswith("rg:"):
-        from ponder.tasks.reasoning_gym import reasoning_gym_task
-
-        return reasoning_gym_task(name, **kwargs)
-    from ponder.tasks import get_task
-
-    return get_task(name, **kwargs)
-
-
-def verify_batch(task: Task, completions: list[str], examples: list[Example], threads: int = 8) -> list[Verdict]:
-    """Verdicts for (completion, example) pairs, in order, checked concurrently.
-
-    Threads suffice: math checks run in worker processes and code in sandboxed
-    subprocesses, so the threads only wait. A trainer can submit this to an
-    executor and keep generating while it runs. A verifier that raises gives
-    `invalid` for that pair instead of losing the batch.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ponder.core.verdict import invalid
-
-    if len(completions) != len(examples):
-        raise ValueError(f"{len(completions)} completions for {len(examples)} examples")
-
-    def one(pair: tuple[str, Example]) -> Verdict:
-        try:
-            return task.verify(*pair)
-        except Exception as e:  # Task.verify must not raise; if it does, mask the pair
-            return invalid(f"verify raised {type(e).__name__}: {str(e)[:200]}")
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
-        return list(ex.map(one, zip(completions, examples)))
 
 
 def format_verdict(v: Verdict, as_json: bool, **extra: Any) -> str:
@@ -174,6 +131,7 @@ def _code(argv: list[str]) -> int:
 def _task(argv: list[str]) -> int:
     from ponder.verifiers.probe import parse_task_args
 
+
     p = argparse.ArgumentParser(prog="ponder verify task", description="Completions checked by a task's verifier.")
     p.add_argument("--task", required=True, help="task name (arithmetic, countdown, rg:<dataset>) or a .jsonl file")
     p.add_argument("--grader", help="grader for a .jsonl task: a .toml spec or module:function")
@@ -185,7 +143,7 @@ def _task(argv: list[str]) -> int:
     p.add_argument("--search", type=int, default=2000, help="examples per split searched for the ids")
     p.add_argument("--json", action="store_true", help="one JSON object per verdict")
     a = p.parse_args(argv)
-    task = task_by_name(a.task, a.grader, **parse_task_args(a.arg))
+    task = build_task(a.task, parse_task_args(a.arg), a.grader or "")
     rows: list[tuple[str, str]] = []
     if a.completion is not None:
         if not a.id:

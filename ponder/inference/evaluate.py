@@ -15,21 +15,18 @@ from pathlib import Path
 from statistics import mean
 
 from ponder.core import config as C
-from ponder.tasks.chat import PROMPT_FORMATS, adapt_task
+from ponder.tasks.spec import TaskFields, formatted, make_task
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.engine.engine import Engine, SamplingParams, rollout_copy
 from ponder.core.metrics import shows_self_check
 from ponder.models.model import load_model
 from ponder.core.stats import maj_at_k, mean_pass_at_k, per_problem_ci, wilson_ci
-from ponder.tasks import get_task
 from ponder.tasks.base import SPLITS, Task, answer_text
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(TaskFields):
     model: str = option("tiny", "HF model folder ('tiny' = the built-in base)")
-    task: str = option("arithmetic", "task name")
-    task_options: str = option("", "task options, 'key=value key=value'")
     split: str = option("test", "which split to evaluate", choices=SPLITS)
     problems: int = option(200, "number of problems")
     samples: int = option(8, "samples per problem for pass@k / maj@k (1 = greedy only)")
@@ -40,8 +37,6 @@ class EvalConfig:
     out: str = option("", "write the JSON result here (default: print the summary only)")
     chunk: int = option(64, "prompts per generation batch")
     threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a fixed count)")
-    prompt_format: str = option("auto", "raw, chat or chat_think (auto = chat when the tokenizer has a template)",
-                                choices=PROMPT_FORMATS)
     precision: str = option("fp32", "weights generation runs with (bf16: a bf16 copy; faster on AMX CPUs)",
                             choices=("fp32", "bf16"))
 
@@ -61,7 +56,7 @@ def _generate(engine: Engine, prompts: list[str], n: int, params: SamplingParams
 
 
 def evaluate(model, tok, task: Task, cfg: EvalConfig) -> dict:
-    task = adapt_task(task, tok, cfg.prompt_format)
+    task = formatted(task, tok, cfg)
     examples = task.examples(cfg.split, cfg.problems, seed=cfg.seed)
     engine = Engine(rollout_copy(model, cfg.precision), tok)
     return _evaluate(engine, task, examples, cfg)
@@ -129,8 +124,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cfg = C.from_args(EvalConfig, args, args.recipe, section="eval")
     C.set_threads(cfg.threads)
-    from ponder.rl.train import parse_task_options
-    task = get_task(cfg.task, **parse_task_options(cfg.task_options))
+    task = make_task(cfg)
     model, tok = load_model(cfg.model)
     result = evaluate(model, tok, task, cfg)
     print(format_summary(result))

@@ -22,6 +22,7 @@ from pathlib import Path
 from statistics import mean
 
 from ponder.core import config as C
+from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, option
 from ponder.tasks.base import THINK_CLOSE, THINK_OPEN
 
@@ -119,10 +120,8 @@ def format_report(rep: dict) -> str:
 
 
 @dataclass(frozen=True)
-class OverthinkConfig:
+class OverthinkConfig(TaskFields):
     model: str = option("tiny", "HF model folder")
-    task: str = option("arithmetic", "task name")
-    task_options: str = option("", "task options, 'key=value key=value'")
     problems: int = option(200, "held-out problems")
     samples: int = option(4, "samples per problem")
     temperature: float = option(1.0, "sampling temperature")
@@ -146,16 +145,14 @@ class OverthinkConfig:
 def main(argv: list[str]) -> int:
     from ponder.engine.engine import Engine, SamplingParams
     from ponder.models.model import load_model
-    from ponder.tasks import get_task
-    from ponder.rl.train import parse_task_options
     ap = argparse.ArgumentParser(prog="ponder overthink", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_path", nargs="?", help="HF model folder (same as --model)")
     C.add_arguments(ap, OverthinkConfig)
     args = ap.parse_args(argv)
     cfg = C.from_args(OverthinkConfig, args, model=args.model_path)
-    task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)
+    task = make_task(cfg, tok)  # the same prompts as train and eval
     examples = task.examples("test", cfg.problems, seed=cfg.seed)
     pool = Engine(model, tok).generate([e.prompt for e in examples], cfg.samples,
                                        SamplingParams(cfg.max_new_tokens, cfg.temperature), seed=cfg.seed)

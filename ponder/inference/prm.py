@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ponder.core import config as C
+from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.engine.engine import Engine, SamplingParams
 from ponder.tasks.base import THINK_CLOSE
@@ -43,10 +44,8 @@ HEAD_FILE, META_FILE = "prm_head.pt", "prm.json"
 
 
 @dataclass(frozen=True)
-class PRMConfig:
+class PRMConfig(TaskFields):
     model: str = option("tiny", "HF model folder whose hidden states the head reads")
-    task: str = option("arithmetic", "task name")
-    task_options: str = option("", "task options, 'key=value key=value'")
     out: str = option("runs/prm", "folder to write the head to")
     problems: int = option(256, "training-split problems to roll out")
     rollouts: int = option(2, "sampled completions per problem, cut into step prefixes")
@@ -285,11 +284,9 @@ def pairwise_accuracy(scores: list[float], labels: list[float]) -> float:
 
 def train_prm(cfg: PRMConfig) -> dict:
     from ponder.models.model import load_model
-    from ponder.tasks import get_task
-    from ponder.rl.train import parse_task_options
     C.set_threads(cfg.threads)
-    task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)
+    task = make_task(cfg, tok)  # the same prompts as train and eval
     engine = Engine(model, tok)
     examples = task.examples("train", cfg.problems, seed=cfg.seed)
     rows = label_steps(engine, task, examples, cfg)

@@ -29,6 +29,7 @@ from statistics import mean
 
 from ponder.core import config as C
 from ponder.engine.budget import parse_budgets
+from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, option
 from ponder.engine.engine import Engine, SamplingParams
 from ponder.core.stats import majority_vote, mean_ci, mean_pass_at_k, weighted_vote, wilson_ci
@@ -36,10 +37,8 @@ from ponder.inference.strategies import adaptive_stop, allocate, best_of_n, extr
 
 
 @dataclass(frozen=True)
-class ScaleConfig:
+class ScaleConfig(TaskFields):
     model: str = option("tiny", "HF model folder")
-    task: str = option("arithmetic", "task name")
-    task_options: str = option("", "task options, 'key=value key=value'")
     split: str = option("test", "held-out split", choices=("test", "train"))
     problems: int = option(200, "problems in the split sample")
     samples: int = option(16, "pool size per problem: the largest k of pass@k / maj@k")
@@ -226,11 +225,9 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
     so a long sweep that is stopped keeps what it measured."""
     from ponder.models.model import load_model
     from ponder.inference.overthinking import report, traces_of
-    from ponder.tasks import get_task
-    from ponder.rl.train import parse_task_options
     C.set_threads(cfg.threads)
-    task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)
+    task = make_task(cfg, tok)  # the same prompts as train and eval
     engine = Engine(model, tok)
     prm = None
     if cfg.prm:

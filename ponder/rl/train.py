@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from ponder.core import checkpoint as ckpt
 from ponder.models import lora
-from ponder.tasks.chat import PROMPT_FORMATS, adapt_task
 from ponder.core import config as C
+from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.models.decoder import supports
 from ponder.engine.engine import Engine, Sample, SamplingParams, rollout_copy
@@ -39,10 +39,9 @@ from ponder.rl.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_
 from ponder.core.metrics import peak_rss_gb, rollout_metrics
 from ponder.models.model import load_model, save_model
 from ponder.core.runlog import RunLog
-from ponder.tasks import get_task
 from ponder.tasks.base import Example, Task, format_score
 from ponder.core.verdict import Verdict
-from ponder.commands.verify import verify_batch
+from ponder.verifiers.batch import VERIFY_THREADS, verify_batch
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -57,10 +56,8 @@ def autocast(precision: str):
 
 
 @dataclass(frozen=True)
-class RLConfig:
+class RLConfig(TaskFields):
     model: str = option("tiny", "HF model folder to start from ('tiny' = the built-in base)")
-    task: str = option("arithmetic", "task name (see `ponder tasks`)")
-    task_options: str = option("", "task options as 'key=value key=value', e.g. 'max_digits=5 ops=add,mul'")
     out: str = option("runs/rl", "run directory: metrics, checkpoints, final model")
     steps: int = option(200, "RL steps")
     prompts_per_step: int = option(16, "groups per step (P)")
@@ -93,9 +90,6 @@ class RLConfig:
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
     tensorboard: bool = option(True, "also write TensorBoard event files")
     progress: bool = option(True, "show a progress bar")
-    prompt_format: str = option("auto", "how prompts reach the model: raw text, the chat template (chat), or the "
-                                "chat template with a <think> section (chat_think); auto = chat when the "
-                                "tokenizer has a template", choices=PROMPT_FORMATS)
     precision: str = option("fp32", "matmul precision: bf16 samples rollouts from a bf16 copy of the policy "
                             "and autocasts the update's matmuls (weights, grads, optimizer stay fp32); "
                             "2-3x faster on CPUs with AMX/AVX512-bf16",
@@ -131,27 +125,7 @@ class RLConfig:
                               f"{self.prompts_per_step * self.group_size} rows")
 
 
-def parse_task_options(text: str) -> dict:
-    """'max_digits=5 ops=add,mul' -> {'max_digits': 5, 'ops': 'add,mul'} (ints and floats converted)."""
-    out = {}
-    for item in text.split():
-        if "=" not in item:
-            raise ConfigError(f"task option {item!r} is not of the form key=value")
-        k, v = item.split("=", 1)
-        for conv in (int, float):
-            try:
-                v = conv(v)
-                break
-            except ValueError:
-                pass
-        out[k] = v
-    return out
-
-
 # -- rewards -------------------------------------------------------------------------
-VERIFY_THREADS = 8
-
-
 def score(task: Task, samples: list[Sample], examples: list[Example], format_weight: float):
     """Verdicts and rewards for a flat list of samples; invalid verdicts get reward NaN."""
     # Concurrent: math checks run in worker processes and code in sandboxes, so threads
@@ -395,9 +369,8 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     C.set_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)
-    task = adapt_task(task, tok, cfg.prompt_format)
+    task = make_task(cfg, tok)
     ref_model = None
     if cfg.kl_coef > 0 or cfg.track_kl:
         ref_model, _ = load_model(cfg.model)

@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ponder.core import config as C
+from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.engine.budget import parse_budgets
 from ponder.engine.engine import Engine, Sample, SamplingParams
 from ponder.models.model import load_model, resolve_model_path
-from ponder.tasks import get_task
 from ponder.tasks.base import SPLITS, Example, Task, format_score
 from ponder.core.verdict import Verdict
 
@@ -45,10 +45,8 @@ KEEP = ("all", "shortest")
 
 
 @dataclass(frozen=True)
-class CollectConfig:
+class CollectConfig(TaskFields):
     model: str = option("tiny", "HF model folder to sample from ('tiny' = the built-in base)")
-    task: str = option("arithmetic", "task name")
-    task_options: str = option("", "task options, 'key=value key=value'")
     split: str = option("train", "split the prompts come from (never collect on test)", choices=SPLITS)
     prompts: int = option(256, "number of problems")
     k: int = option(8, "samples per problem")
@@ -137,10 +135,9 @@ def trace_row(ex: Example, s: Sample, v: Verdict, cfg: CollectConfig, model_sha:
 def collect(cfg: CollectConfig) -> dict:
     """Write the accepted traces to `cfg.out`; returns statistics of the collection."""
     from ponder.stages.sft import sha256_file
-    from ponder.rl.train import parse_task_options
     C.set_threads(cfg.threads)
-    task: Task = get_task(cfg.task, **parse_task_options(cfg.task_options))
     model, tok = load_model(cfg.model)
+    task: Task = make_task(cfg, tok)  # the same prompts as train and eval
     weights = resolve_model_path(cfg.model) / "model.safetensors"
     model_sha = sha256_file(weights) if weights.is_file() else ""
     engine = Engine(model, tok)

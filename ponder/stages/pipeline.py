@@ -41,24 +41,23 @@ from pathlib import Path
 from ponder.core import checkpoint as ckpt
 from ponder.core import config as C
 from ponder.stages.collect import CollectConfig, collect
+from ponder.tasks.spec import TASK_FIELDS, TaskFields, make_task, task_fields
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.inference.evaluate import EvalConfig, evaluate
 from ponder.models.model import count_params, load_model, resolve_model_path
 from ponder.stages.pretrain import PretrainConfig, pretrain
 from ponder.stages.sft import SFTConfig, sft, sha256_file
-from ponder.rl.train import RLConfig, parse_task_options, train
+from ponder.rl.train import RLConfig, train
 
 KINDS = {"rl": RLConfig, "collect": CollectConfig, "sft": SFTConfig, "distill": SFTConfig,
          "pretrain": PretrainConfig, "eval": EvalConfig}
 MAKES_MODEL = ("rl", "sft", "distill", "pretrain")
 MANIFEST = "manifest.json"
-SHARED = ("task", "task_options", "seed", "max_new_tokens", "threads", "progress")  # [pipeline] keys stages inherit
+SHARED = TASK_FIELDS + ("seed", "max_new_tokens", "threads", "progress")  # [pipeline] keys stages inherit
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    task: str = option("arithmetic", "task of every stage (a stage may override it)")
-    task_options: str = option("", "task options of every stage, 'key=value key=value'")
+class PipelineConfig(TaskFields):
     seed: int = option(0, "seed of every stage (a stage may override it)")
     max_new_tokens: int = option(128, "completion token limit of every stage")
     eval_problems: int = option(200, "held-out problems in each stage's evaluation")
@@ -260,12 +259,11 @@ def _held_out(stage: Stage, pc: PipelineConfig, model_path: str, stage_dir: Path
     if stage.kind == "eval":
         cfg = stage.config
     else:
-        cfg = EvalConfig(model=model_path, task=pc.task, task_options=pc.task_options, problems=pc.eval_problems,
+        cfg = EvalConfig(model=model_path, **task_fields(pc), problems=pc.eval_problems,
                          samples=pc.eval_samples, max_new_tokens=pc.max_new_tokens, seed=pc.seed, label=stage.name,
                          out=str(stage_dir / "eval.json"))
-    from ponder.tasks import get_task
     model, tok = load_model(model_path)
-    result = evaluate(model, tok, get_task(cfg.task, **parse_task_options(cfg.task_options)), cfg)
+    result = evaluate(model, tok, make_task(cfg), cfg)
     Path(cfg.out).write_text(json.dumps(result, indent=1))
     return {"summary": result["summary"], "params": count_params(model)}
 

@@ -33,14 +33,19 @@ from tqdm import tqdm
 
 from ponder.core import checkpoint as ckpt
 from ponder.core import config as C
+from ponder.tasks.base import THINK_CLOSE, THINK_OPEN
+from ponder.tasks.chat import ChatTask
+from ponder.tasks.spec import TaskFields, make_task, parse_task_options
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.models.model import TinyModelConfig, count_params, load_model, new_tiny, save_model
 from ponder.core.runlog import RunLog
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(TaskFields):
     data: str = option("", "JSONL trace file(s), comma-separated; each line has 'prompt' and 'completion'")
+    gold: int = option(0, "also train on the gold answers of this many train examples of the task, prompts "
+                       "in the task's format (SFT on labelled data: a cold start before RL)")
     model: str = option("tiny", "HF model folder to fine-tune ('tiny' = the built-in base); ignored with `student`")
     student: str = option("", "build a fresh tiny student instead, e.g. 'hidden_size=64 layers=2 heads=2 mlp_ratio=3'")
     out: str = option("runs/sft", "run directory: metrics, checkpoints, final model")
@@ -59,6 +64,8 @@ class SFTConfig:
 
     def __post_init__(self):
         check_choices(self)
+        if self.gold < 0:
+            raise ConfigError(f"SFTConfig.gold must be >= 0 (0 = trace files only), got {self.gold}")
         for name in ("epochs", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -112,11 +119,26 @@ def read_traces(path: str | Path) -> list[Trace]:
     return out
 
 
-def data_files(spec: str) -> list[Path]:
+def data_files(spec: str, gold: int = 0) -> list[Path]:
     files = [Path(s.strip()) for s in spec.split(",") if s.strip()]
-    if not files:
-        raise ConfigError("SFTConfig.data is empty; give one or more JSONL trace files (comma-separated)")
+    if not files and not gold:
+        raise ConfigError("SFTConfig.data is empty; give one or more JSONL trace files (comma-separated), "
+                          "or gold = N to train on N of the task's gold answers")
     return files
+
+
+def gold_traces(cfg: SFTConfig, tok) -> list[Trace]:
+    """`cfg.gold` train examples of the task with their gold answers as completions, prompts
+    formatted exactly as RL and eval format them. A raw-format task reads its answer after
+    `</think>`, so the completion is an empty thinking block and the answer."""
+    task = make_task(cfg, tok)
+    examples = task.examples("train", cfg.gold, seed=cfg.seed)
+    if len(examples) < cfg.gold:
+        raise ConfigError(f"SFTConfig.gold = {cfg.gold}, but the task {task.name!r} has only "
+                          f"{len(examples)} train examples")
+    raw = not isinstance(task, ChatTask)
+    return [Trace(ex.prompt, f"{THINK_OPEN}{THINK_CLOSE}{ex.answer}" if raw else ex.answer,
+                  f"{task.name}:{ex.id}") for ex in examples]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -195,7 +217,6 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 # -- model ------------------------------------------------------------------------------------
 def student_config(spec: str) -> TinyModelConfig:
     """'hidden_size=64 layers=2' -> TinyModelConfig (unnamed fields keep their defaults)."""
-    from ponder.rl.train import parse_task_options
     return C.build(TinyModelConfig, parse_task_options(spec))
 
 
@@ -220,10 +241,14 @@ def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
     """Fine-tune on `cfg.data`; returns OUT/model. Resumes exactly from OUT/checkpoints."""
     C.set_threads(cfg.threads)
     out = Path(cfg.out)
-    files = data_files(cfg.data)
+    files = data_files(cfg.data, cfg.gold)
     traces = [t for f in files for t in read_traces(f)]  # fails before anything is written
     hashes = {str(f): sha256_file(f) for f in files}
     model, tok, origin = initial_model(cfg)
+    if cfg.gold:
+        gold = gold_traces(cfg, tok)
+        traces += gold
+        hashes["gold"] = hashlib.sha256(json.dumps([[t.prompt, t.completion] for t in gold]).encode()).hexdigest()
     encoded = [encode_trace(tok, t) for t in traces]
     spe = steps_per_epoch(len(traces), cfg.batch_size)
     total = cfg.epochs * spe

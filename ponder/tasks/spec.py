@@ -28,12 +28,19 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from ponder.core.config import ConfigError, option
 from ponder.core.verdict import Verdict
+from ponder.tasks.arithmetic import ArithmeticTask
 from ponder.tasks.base import Example, Task
 from ponder.tasks.chat import PROMPT_FORMATS, adapt_task
+from ponder.tasks.countdown import CountdownTask
+
+BUILTIN: dict[str, Callable[..., Task]] = {
+    "arithmetic": ArithmeticTask,
+    "countdown": CountdownTask,
+}
 PROMPT_SLOT = "{prompt}"
 
 
@@ -103,11 +110,10 @@ def build_task(name: str, options: str | dict = "", grader: Any = "", template: 
 
 
 def _builtin(name: str, kwargs: dict) -> Task:
-    from ponder.tasks import TASKS
-    if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}, rg:<reasoning-gym dataset>, "
+    if name not in BUILTIN:
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(BUILTIN)}, rg:<reasoning-gym dataset>, "
                           f"or a .jsonl file with a grader (see `ponder tasks`)")
-    factory = TASKS[name]
+    factory = BUILTIN[name]
     params = inspect.signature(factory).parameters
     bad = sorted(set(kwargs) - set(params))
     if bad:
@@ -116,10 +122,14 @@ def _builtin(name: str, kwargs: dict) -> Task:
 
 
 def make_task(cfg: Any, tokenizer=None) -> Task:
-    """The task of a config holding `TaskFields`, with its prompt format applied for `tokenizer`."""
+    """The task of a config holding `TaskFields`, with its prompt format applied for `tokenizer`
+    (the one place where prompts get their format: every verb calls this)."""
     task = build_task(cfg.task, cfg.task_options, cfg.grader, cfg.template)
-    if tokenizer is None:
-        return task
+    return task if tokenizer is None else formatted(task, tokenizer, cfg)
+
+
+def formatted(task: Task, tokenizer, cfg: Any) -> Task:
+    """`task` with `cfg`'s prompt format (raw, chat template, chat with <think>) and system prompt."""
     return adapt_task(task, tokenizer, cfg.prompt_format, system=cfg.system_prompt or None)
 
 

@@ -131,7 +131,7 @@ def _literal(v: str):
 
 
 def main(argv: list[str]) -> int:
-    from ponder.commands.verify import task_by_name
+    from ponder.tasks.spec import build_task
 
     p = argparse.ArgumentParser(prog="ponder probe", description=__doc__.split("\n\n")[0])
     p.add_argument("task", help="task name (arithmetic, countdown, rg:<dataset>) or a .jsonl file")
@@ -142,7 +142,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
     p.add_argument("--json", action="store_true", help="one JSON object per probe result")
     a = p.parse_args(argv)
-    task = task_by_name(a.task, a.grader, **parse_task_args(a.arg))
+    task = build_task(a.task, parse_task_args(a.arg), a.grader or "")
     results = probe_task(task, a.n, a.split, a.seed)
     leaks = [r for r in results if r.leaked]
     if a.json:
