@@ -243,6 +243,7 @@ class JsonSchemaGrader:
     rel_tol: float = option(0.0, "numeric relative tolerance per field")
     abs_tol: float = option(0.0, "numeric absolute tolerance per field")
     case_sensitive: bool = option(True, "compare string fields case-sensitively")
+    normalize_space: bool = option(False, "compare string fields after trimming and collapsing whitespace")
 
     def grade(self, completion: str, example: Example) -> Verdict:
         from ponder.verifiers.structured import JsonConfig, verify_json
@@ -253,7 +254,8 @@ class JsonSchemaGrader:
                 gold = json.loads(example.answer)
             except json.JSONDecodeError as e:
                 return invalid(f"gold answer of {example.id!r} is not JSON: {e.msg}")
-        cfg = JsonConfig(rel_tol=self.rel_tol, abs_tol=self.abs_tol, case_sensitive=self.case_sensitive)
+        cfg = JsonConfig(rel_tol=self.rel_tol, abs_tol=self.abs_tol, case_sensitive=self.case_sensitive,
+                         normalize_space=self.normalize_space)
         return verify_json(answer_text(completion), self.schema, gold, cfg)
 
 

@@ -24,6 +24,7 @@ class JsonConfig:
     rel_tol: float = option(0.0, "numbers within this relative tolerance of the gold field count as equal")
     abs_tol: float = option(0.0, "numbers within this absolute tolerance of the gold field count as equal")
     case_sensitive: bool = option(True, "compare string fields case-sensitively")
+    normalize_space: bool = option(False, "compare string fields after trimming and collapsing runs of whitespace")
     max_chars: int = option(200_000, "longer answers are wrong without parsing")
 
     def __post_init__(self):
@@ -108,6 +109,8 @@ def values_equal(got: Any, gold: Any, cfg: JsonConfig) -> bool:
 
     >>> values_equal(1, True, JsonConfig()), values_equal(3, 3.0, JsonConfig())
     (False, True)
+    >>> values_equal(" ACME  gmbh", "Acme GmbH", JsonConfig(case_sensitive=False, normalize_space=True))
+    True
     """
     if isinstance(gold, bool) or isinstance(got, bool):
         return type(got) is type(gold) and got == gold
@@ -115,8 +118,10 @@ def values_equal(got: Any, gold: Any, cfg: JsonConfig) -> bool:
         if not (math.isfinite(got) and math.isfinite(gold)):
             return got == gold
         return math.isclose(got, gold, rel_tol=cfg.rel_tol, abs_tol=cfg.abs_tol) or got == gold
-    if isinstance(gold, str) and isinstance(got, str) and not cfg.case_sensitive:
-        return got.casefold() == gold.casefold()
+    if isinstance(gold, str) and isinstance(got, str):
+        if cfg.normalize_space:
+            got, gold = " ".join(got.split()), " ".join(gold.split())
+        return got.casefold() == gold.casefold() if not cfg.case_sensitive else got == gold
     if isinstance(gold, list) and isinstance(got, list):
         return len(got) == len(gold) and all(values_equal(a, b, cfg) for a, b in zip(got, gold))
     if isinstance(gold, dict) and isinstance(got, dict):

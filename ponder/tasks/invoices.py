@@ -1,0 +1,596 @@
+"""Synthetic invoices for field extraction: `ponder make-data invoices --out DIR`.
+
+Each document is an invoice, receipt, statement or export in one of several
+layouts, with US (1,234.56), European (1.234,56) or space-grouped (1 234,56)
+numbers, dates in many formats, currencies as symbols or ISO codes, and the
+distractors real documents have: phone, PO, order and customer numbers, a
+due date beside the invoice date, the customer beside the vendor, a previous
+balance, cash tendered and change, line amounts. In some documents the
+subtotal, the tax or the total is not printed and must be computed from the
+line items and the tax rate.
+
+The gold answer always has the same schema (`SCHEMA`): vendor, invoice_number,
+date (YYYY-MM-DD), currency (ISO 4217), subtotal, tax (0 when none applies)
+and total. Money is computed in Decimal cents, tax rounded half up, so
+subtotal + tax = total exactly.
+
+Splits are by layout: the layouts in `HELD_OUT_LAYOUTS` appear only in the
+test split, so an evaluation there measures extraction from layouts training
+never saw; a test document is also never a training document. Every example
+is a pure function of (seed, split, index).
+
+The files are the "bring your own task" format (one JSON object a line:
+prompt = the raw document, answer = the gold object, split, and info fields
+layout / layout_group / amounts / number_format), graded by
+recipes/invoice_grader.toml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+from ponder.core.config import ConfigError
+
+FIELDS = ("vendor", "invoice_number", "date", "currency", "subtotal", "tax", "total")
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "vendor": {"type": "string", "minLength": 1},
+        "invoice_number": {"type": "string", "minLength": 1},
+        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+        "currency": {"type": "string", "pattern": "^[A-Za-z]{3}$"},
+        "subtotal": {"type": "number"},
+        "tax": {"type": "number"},
+        "total": {"type": "number"},
+    },
+    "required": list(FIELDS),
+    "additionalProperties": False,
+}
+TRAIN_LAYOUTS = ("letterhead", "keyvalue", "table", "receipt", "erp", "letter")
+HELD_OUT_LAYOUTS = ("email", "ocr", "statement")
+LAYOUTS = TRAIN_LAYOUTS + HELD_OUT_LAYOUTS
+NUMBER_FORMATS = ("us", "eu", "space")
+CENT = Decimal("0.01")
+
+# number format -> (Faker locales, currencies) that go with it
+LOCALES = {
+    "us": (("en_US", "en_GB", "en_CA"), ("USD", "USD", "GBP", "CAD", "AUD")),
+    "eu": (("de_DE", "nl_NL", "it_IT", "es_ES"), ("EUR", "EUR", "EUR", "CHF", "DKK")),
+    "space": (("fr_FR", "sv_SE"), ("EUR", "EUR", "SEK", "CHF")),
+}
+# ISO code -> symbols a document may print instead (empty: only the code is unambiguous)
+SYMBOLS = {"USD": ("$", "US$"), "GBP": ("£",), "EUR": ("€",), "CAD": ("C$", "CA$"), "AUD": ("A$", "AU$"),
+           "CHF": ("CHF", "Fr."), "DKK": (), "SEK": ()}
+TAX_RATES = {"us": ("0", "5", "6.25", "7.25", "8.875", "10"), "eu": ("0", "7", "9", "19", "21", "25"),
+             "space": ("0", "5.5", "10", "20", "25")}
+ITEMS = ("Consulting services", "Software licence", "Office chairs", "Printer toner", "Cloud hosting (monthly)",
+         "Website maintenance", "Shipping and handling", "Copy paper A4", "Network cables", "Training workshop",
+         "Graphic design", "Legal review", "Laptop stand", "Cleaning service", "Translation (per page)",
+         "Coffee beans 1kg", "Catering", "Data backup plan", "Repair labour", "Spare parts kit")
+SHOP_ITEMS = ("Milk 1L", "Bread", "Apples", "Coffee", "Batteries AA", "Notebook", "Pens (10)", "Sandwich",
+              "Water 0.5L", "Chocolate", "Shampoo", "USB stick", "Tea", "Cheese", "Newspaper")
+MONTH_FORMATS = ("%B %d, %Y", "%d %B %Y", "%d-%b-%Y", "%b %d, %Y", "%d %b %Y")
+NUMERIC_DATES = {"us": ("%m/%d/%Y",), "eu": ("%d.%m.%Y",), "space": ("%d.%m.%Y", "%d/%m/%Y")}
+# which amounts a "computed" document leaves out (each set can be recovered from what is printed)
+HIDDEN_SETS = (("total",), ("tax", "total"), ("subtotal",), ("subtotal", "tax", "total"), ("tax",))
+
+
+@dataclass(frozen=True)
+class Item:
+    description: str
+    qty: Decimal
+    unit: Decimal
+
+    @property
+    def amount(self) -> Decimal:
+        return (self.qty * self.unit).quantize(CENT, ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """One invoice's facts and how its document prints them."""
+    layout: str
+    number_format: str
+    vendor: str
+    vendor_address: str
+    vendor_phone: str
+    vendor_email: str
+    vat_id: str
+    customer: str
+    customer_address: str
+    contact: str  # a person at the customer (email greetings)
+    invoice_number: str
+    po_number: str
+    order_number: str
+    customer_number: str
+    date: dt.date
+    due_date: dt.date
+    order_date: dt.date
+    currency: str
+    money_style: str  # symbol-before | symbol-after | code-before | code-after
+    symbol: str
+    date_format: str
+    items: tuple[Item, ...]
+    tax_rate: Decimal  # percent
+    hidden: tuple[str, ...]  # amounts not printed
+    previous_balance: Decimal
+    cash: Decimal  # receipts: cash tendered (0 = paid by card)
+    extras: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def subtotal(self) -> Decimal:
+        return sum((it.amount for it in self.items), Decimal("0.00"))
+
+    @property
+    def tax(self) -> Decimal:
+        return (self.subtotal * self.tax_rate / 100).quantize(CENT, ROUND_HALF_UP)
+
+    @property
+    def total(self) -> Decimal:
+        return self.subtotal + self.tax
+
+    @property
+    def amounts(self) -> str:
+        return "computed" if self.hidden else "printed"
+
+    def gold(self) -> dict:
+        return {"vendor": self.vendor, "invoice_number": self.invoice_number, "date": self.date.isoformat(),
+                "currency": self.currency, "subtotal": float(self.subtotal), "tax": float(self.tax),
+                "total": float(self.total)}
+
+
+# -- formatting -----------------------------------------------------------------------------------
+def format_number(x: Decimal, number_format: str) -> str:
+    """Two decimals with the format's separators.
+
+    >>> [format_number(Decimal("-1234567.5"), f) for f in NUMBER_FORMATS]
+    ['-1,234,567.50', '-1.234.567,50', '-1 234 567,50']
+    """
+    text = f"{abs(x):,.2f}"  # 1,234.56
+    if number_format == "eu":
+        text = text.replace(",", "_").replace(".", ",").replace("_", ".")
+    elif number_format == "space":
+        text = text.replace(",", " ").replace(".", ",")
+    elif number_format != "us":
+        raise ConfigError(f"number format {number_format!r} is not valid; choose one of: {', '.join(NUMBER_FORMATS)}")
+    return ("-" if x < 0 else "") + text
+
+
+def money(inv: Invoice, x: Decimal) -> str:
+    n = format_number(x, inv.number_format)
+    return {"symbol-before": f"{inv.symbol}{n}", "symbol-after": f"{n} {inv.symbol}",
+            "code-before": f"{inv.currency} {n}", "code-after": f"{n} {inv.currency}"}[inv.money_style]
+
+
+def num(inv: Invoice, x: Decimal) -> str:
+    return format_number(x, inv.number_format)
+
+
+def day(inv: Invoice, d: dt.date) -> str:
+    return d.strftime(inv.date_format)
+
+
+def rate(inv: Invoice) -> str:
+    r = f"{inv.tax_rate.normalize():f}"
+    return r.replace(".", ",") if inv.number_format != "us" else r
+
+
+def qty(inv: Invoice, q: Decimal) -> str:
+    return f"{q:f}" if q == q.to_integral() else format_number(q, inv.number_format)
+
+
+def printed(inv: Invoice, name: str) -> bool:
+    return name not in inv.hidden
+
+
+def tax_label(inv: Invoice) -> str:
+    word = "VAT" if inv.number_format != "us" else inv.extras.get("tax_word", "Sales tax")
+    return f"{word} {rate(inv)}%"
+
+
+# -- sampling -------------------------------------------------------------------------------------
+_FAKERS: dict[str, object] = {}
+
+
+def _faker(locale: str, seed: int):
+    from faker import Faker
+
+    if locale not in _FAKERS:
+        _FAKERS[locale] = Faker(locale)
+    fake = _FAKERS[locale]
+    fake.seed_instance(seed)
+    return fake
+
+
+def _one_line(text: str) -> str:
+    return ", ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _invoice_number(rng: random.Random, year: int) -> str:
+    n = rng.randint(100, 99999)
+    return rng.choice((f"INV-{year}-{n:05d}", f"{n}", f"F{year}/{n:04d}", f"RE-{n:06d}",
+                       f"{rng.choice('ABKMST')}-{n}", f"{year % 100:02d}{n:05d}", f"INV{n}"))
+
+
+def _items(rng: random.Random, layout: str) -> tuple[Item, ...]:
+    if layout == "receipt":
+        names = rng.sample(SHOP_ITEMS, rng.randint(2, 6))
+        return tuple(Item(n, Decimal(rng.randint(1, 3)), Decimal(rng.randint(49, 1999)) / 100) for n in names)
+    names = rng.sample(ITEMS, rng.randint(1, 4))
+    out = []
+    for n in names:
+        q = Decimal(rng.choice((1, 1, 2, 3, 5, 10, 12))) if rng.random() < 0.8 else Decimal(rng.randint(2, 30)) / 2
+        out.append(Item(n, q, Decimal(rng.randint(500, 250000)) / 100))
+    return tuple(out)
+
+
+def _dates(rng: random.Random) -> tuple[dt.date, dt.date, dt.date]:
+    date = dt.date(2021, 1, 1) + dt.timedelta(days=rng.randint(0, 5 * 365))
+    return date, date + dt.timedelta(days=rng.choice((7, 14, 15, 30, 30, 45, 60))), \
+        date - dt.timedelta(days=rng.randint(3, 40))
+
+
+def _money_style(rng: random.Random, currency: str, number_format: str) -> tuple[str, str]:
+    symbols = SYMBOLS[currency]
+    if symbols and rng.random() < 0.6:
+        before = number_format == "us" if rng.random() < 0.8 else number_format != "us"
+        return ("symbol-before" if before else "symbol-after"), rng.choice(symbols)
+    return rng.choice(("code-before", "code-after")), currency
+
+
+def make_invoice(rng: random.Random, layout: str, computed_share: float = 0.3) -> Invoice:
+    """A random invoice to be printed in `layout`."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout {layout!r} is not valid; choose one of: {', '.join(LAYOUTS)}")
+    number_format = rng.choice(NUMBER_FORMATS)
+    locales, currencies = LOCALES[number_format]
+    fake = _faker(rng.choice(locales), rng.getrandbits(32))
+    currency = rng.choice(currencies)
+    style, symbol = _money_style(rng, currency, number_format)
+    date, due, ordered = _dates(rng)
+    hidden: tuple[str, ...] = rng.choice(HIDDEN_SETS) if rng.random() < computed_share else ()
+    tax_rate = Decimal(rng.choice(TAX_RATES[number_format]))
+    if hidden and tax_rate == 0:
+        tax_rate = Decimal(TAX_RATES[number_format][-1])  # a hidden amount of a tax-free invoice is trivial
+    date_formats = MONTH_FORMATS + NUMERIC_DATES[number_format] + ("%Y-%m-%d",)
+    return Invoice(
+        layout=layout, number_format=number_format, vendor=fake.company(),
+        vendor_address=_one_line(f"{fake.street_address()}\n{fake.postcode()} {fake.city()}"),
+        vendor_phone=fake.phone_number(), vendor_email=fake.company_email(),
+        vat_id=f"{fake.country_code()}{rng.randint(10**8, 10**9 - 1)}",
+        customer=fake.company() if rng.random() < 0.7 else fake.name(),
+        customer_address=_one_line(f"{fake.street_address()}\n{fake.postcode()} {fake.city()}"),
+        contact=fake.first_name(), invoice_number=_invoice_number(rng, date.year),
+        po_number=f"PO-{rng.randint(10000, 99999)}", order_number=f"SO{rng.randint(100000, 999999)}",
+        customer_number=f"C{rng.randint(1000, 99999)}", date=date, due_date=due, order_date=ordered,
+        currency=currency, money_style=style, symbol=symbol, date_format=rng.choice(date_formats),
+        items=_items(rng, layout), tax_rate=tax_rate, hidden=hidden,
+        previous_balance=Decimal(rng.randint(0, 500000)) / 100
+        if layout == "statement" or (layout != "receipt" and rng.random() < 0.15) else Decimal(0),
+        cash=Decimal(0), extras={"tax_word": rng.choice(("Sales tax", "Tax")), "signer": fake.name()},
+    )
+
+
+def with_cash(inv: Invoice, rng: random.Random) -> Invoice:
+    """A receipt paid in cash: tendered rounds the total up to a note (the change is a distractor)."""
+    from dataclasses import replace
+
+    note = next(n for n in (5, 10, 20, 50, 100, 200, 500, 1000, 10**6) if n >= inv.total)
+    return replace(inv, cash=Decimal(note if rng.random() < 0.7 else note * 2).quantize(CENT))
+
+
+# -- the pieces every layout prints ---------------------------------------------------------------
+SUBTOTAL_LABELS = ("Subtotal", "Sub-total", "Net amount", "Total excl. tax", "Net total", "Amount before tax")
+TOTAL_LABELS = ("Total", "Total due", "Amount due", "Grand total", "Total incl. tax", "Invoice total")
+TOTAL_WITH_BALANCE = ("Invoice total", "Current charges", "Total this invoice")  # "due" is the balance then
+NUMBER_LABELS = ("Invoice No.", "Invoice number", "Invoice #", "Inv. no.", "Invoice ID", "Document no.")
+DATE_LABELS = ("Invoice date", "Date", "Issue date", "Date of issue", "Billing date")
+
+
+def amount_lines(inv: Invoice, rng: random.Random, money_fn=None) -> list[tuple[str, str]]:
+    """(label, value) for the printed subtotal, tax (or tax rate) and total, plus any balance lines."""
+    fmt = money_fn or (lambda x: money(inv, x))
+    out = []
+    if printed(inv, "subtotal"):
+        out.append((rng.choice(SUBTOTAL_LABELS), fmt(inv.subtotal)))
+    if inv.tax_rate == 0:
+        if rng.random() < 0.6:
+            out.append(rng.choice((("Tax", fmt(Decimal("0.00"))), ("VAT", "exempt"), ("Tax (0%)", fmt(Decimal(0))))))
+    elif printed(inv, "tax"):
+        out.append((tax_label(inv), fmt(inv.tax)))
+    else:
+        out.append(("Tax rate" if inv.number_format == "us" else "VAT rate", f"{rate(inv)}%"))
+    balance = inv.previous_balance > 0
+    if printed(inv, "total"):
+        out.append((rng.choice(TOTAL_WITH_BALANCE if balance else TOTAL_LABELS), fmt(inv.total)))
+    if balance:
+        out.append(("Previous balance", fmt(inv.previous_balance)))
+        out.append(("Balance due", fmt(inv.previous_balance + inv.total)))
+    return out
+
+
+def item_rows(inv: Invoice) -> list[tuple[str, str, str, str]]:
+    return [(it.description, qty(inv, it.qty), num(inv, it.unit), num(inv, it.amount)) for it in inv.items]
+
+
+def header_fields(inv: Invoice, rng: random.Random) -> list[tuple[str, str]]:
+    """The invoice number and date with their distractors (due date, PO, order and customer numbers), shuffled."""
+    rows = [(rng.choice(NUMBER_LABELS), inv.invoice_number), (rng.choice(DATE_LABELS), day(inv, inv.date))]
+    extra = [(rng.choice(("Due date", "Payment due", "Due")), day(inv, inv.due_date)),
+             (rng.choice(("PO number", "Your PO", "Purchase order")), inv.po_number),
+             (rng.choice(("Order no.", "Sales order", "Order #")), inv.order_number),
+             (rng.choice(("Customer no.", "Account", "Customer ID")), inv.customer_number),
+             (rng.choice(("Order date", "Delivery date")), day(inv, inv.order_date))]
+    rows += rng.sample(extra, rng.randint(2, len(extra)))
+    head, tail = rows[:2], rows[2:]
+    rng.shuffle(tail)
+    return head + tail if rng.random() < 0.6 else tail[:1] + head + tail[1:]
+
+
+def dotted(label: str, value: str, width: int = 34) -> str:
+    return f"{label} {'.' * max(2, width - len(label) - len(value))} {value}"
+
+
+# -- layouts --------------------------------------------------------------------------------------
+def render_letterhead(inv: Invoice, rng: random.Random, lab=lambda s: s) -> str:
+    vendor = inv.vendor.upper() if rng.random() < 0.4 else inv.vendor
+    lines = [vendor, inv.vendor_address, f"{lab('Tel.')} {inv.vendor_phone} | {inv.vendor_email}",
+             f"{lab('VAT ID')}: {inv.vat_id}", "", lab(rng.choice(("INVOICE", "Invoice", "TAX INVOICE"))), "",
+             lab(rng.choice(("Bill to:", "Billed to:", "Customer:"))), inv.customer, inv.customer_address, ""]
+    lines += [f"{lab(k)}: {v}" for k, v in header_fields(inv, rng)]
+    lines += ["", f"{lab('Description'):<28}{lab('Qty'):>5}{lab('Unit price'):>14}{lab('Amount'):>14}"]
+    lines += [f"{d:<28}{q:>5}{u:>14}{a:>14}" for d, q, u, a in item_rows(inv)]
+    lines += [""] + [f"{lab(k)}: {v}" for k, v in amount_lines(inv, rng)]
+    lines += ["", lab(f"Payment terms: {(inv.due_date - inv.date).days} days net. Thank you for your business.")]
+    return "\n".join(lines)
+
+
+def render_keyvalue(inv: Invoice, rng: random.Random) -> str:
+    rows = [("Document type", "Invoice"), (rng.choice(("Vendor", "Supplier", "Seller", "Issued by")), inv.vendor),
+            ("Vendor phone", inv.vendor_phone),
+            (rng.choice(("Customer", "Buyer", "Bill to", "Sold to")), inv.customer),
+            ("Customer address", inv.customer_address)]
+    rows += header_fields(inv, rng)
+    if rng.random() < 0.5:
+        rows.append(("Currency", inv.currency))
+    sep = rng.choice((": ", " = ", " - "))
+    lines = [f"{k}{sep}{v}" for k, v in rows]
+    for i, (d, q, u, a) in enumerate(item_rows(inv), 1):
+        lines.append(f"Line {i}{sep}{d}; qty {q}; unit price {u}; line amount {a}")
+    lines += [f"{k}{sep}{v}" for k, v in amount_lines(inv, rng)]
+    return "\n".join(lines)
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_table(inv: Invoice, rng: random.Random) -> str:
+    head = [(rng.choice(("Seller", "Vendor", "From")), inv.vendor), (rng.choice(("Buyer", "Customer", "To")),
+            inv.customer)] + header_fields(inv, rng)
+    lines = [f"# {rng.choice(('Invoice', 'INVOICE', 'Commercial invoice'))}", "", _md_row(("Field", "Value")),
+             "|---|---|"] + [_md_row(r) for r in head]
+    lines += ["", _md_row(("#", "Item", "Qty", "Unit", "Amount")), "|---|---|---|---|---|"]
+    lines += [_md_row((str(i), d, q, u, a)) for i, (d, q, u, a) in enumerate(item_rows(inv), 1)]
+    lines += [_md_row(("", "", "", k, v)) for k, v in amount_lines(inv, rng)]
+    lines += ["", f"Questions? {inv.vendor_phone} / {inv.vendor_email}"]
+    return "\n".join(lines)
+
+
+def render_receipt(inv: Invoice, rng: random.Random) -> str:
+    width = 36
+    if rng.random() < 0.6:
+        inv = with_cash(inv, rng)
+    lines = [inv.vendor.upper().center(width), inv.vendor_address[:width].center(width),
+             f"Tel {inv.vendor_phone}".center(width), "-" * width,
+             f"{rng.choice(('Receipt #', 'Receipt no.', 'Bon-Nr.', 'Trans #'))}: {inv.invoice_number}",
+             f"Date: {day(inv, inv.date)} {rng.randint(7, 21):02d}:{rng.randint(0, 59):02d}",
+             f"Cashier: {inv.contact}", "-" * width]
+    for it in inv.items:
+        lines.append(f"{it.description[:18]:<18} {qty(inv, it.qty)} x {num(inv, it.unit)}".ljust(width - 10)
+                     + f"{num(inv, it.amount):>10}")
+    lines.append("-" * width)
+    for k, v in amount_lines(inv, rng, money_fn=lambda x: num(inv, x)):
+        lines.append(f"{k.upper():<20}{v:>{width - 20}}")
+    if inv.cash:
+        lines += [f"{'CASH':<20}{num(inv, inv.cash):>{width - 20}}",
+                  f"{'CHANGE':<20}{num(inv, inv.cash - inv.total):>{width - 20}}"]
+    else:
+        lines.append(f"{rng.choice(('VISA', 'MASTERCARD', 'DEBIT'))} ****{rng.randint(1000, 9999)}")
+    lines += [f"All amounts in {inv.currency}", "*** Thank you for shopping! ***".center(width)]
+    return "\n".join(lines)
+
+
+def render_erp(inv: Invoice, rng: random.Random) -> str:
+    sep = rng.choice((";", "|", "\t"))
+    hdr = [("VENDOR_NAME", inv.vendor), ("VENDOR_ID", f"V{rng.randint(10000, 99999)}"),
+           ("DOC_NO", inv.invoice_number), ("DOC_DATE", day(inv, inv.date)), ("DUE_DATE", day(inv, inv.due_date)),
+           ("PO_REF", inv.po_number), ("CUST_NO", inv.customer_number), ("CUST_NAME", inv.customer),
+           ("CURRENCY", inv.currency)]
+    hdr = hdr[:1] + rng.sample(hdr[1:], len(hdr) - 1)
+    lines = [sep.join(("EXPORT", f"ERP-FIN v{rng.randint(2, 9)}.{rng.randint(0, 9)}", "INVOICE_IN")),
+             sep.join(("REC", "KEY", "VALUE"))] + [sep.join(("HDR", k, v)) for k, v in hdr]
+    lines += [sep.join(("LIN", str(i), d, q, u, a)) for i, (d, q, u, a) in enumerate(item_rows(inv), 1)]
+    keys = {"Tax rate": "TAX_RATE", "VAT rate": "TAX_RATE", "Previous balance": "PREV_BAL", "Balance due": "BAL_DUE"}
+    for k, v in amount_lines(inv, rng, money_fn=lambda x: num(inv, x)):
+        key = keys.get(k) or ("NET_AMT" if k in SUBTOTAL_LABELS else "GROSS_AMT" if k in TOTAL_LABELS
+                              + TOTAL_WITH_BALANCE else "TAX_AMT")
+        lines.append(sep.join(("TOT", key, v.rstrip("%"))))
+    return "\n".join(lines)
+
+
+def render_letter(inv: Invoice, rng: random.Random) -> str:
+    city = inv.vendor_address.rsplit(" ", 1)[-1]
+    lines = [inv.vendor, inv.vendor_address, "", inv.customer, inv.customer_address, "",
+             f"{city}, {day(inv, inv.date)}", "", f"Invoice {inv.invoice_number}", "",
+             rng.choice(("Dear Sir or Madam,", f"Dear {inv.contact},")), "",
+             f"as agreed (your order {inv.po_number} of {day(inv, inv.order_date)}) we invoice you as follows:", ""]
+    lines += [f"{i}. {d}: {q} x {u} = {a}" for i, (d, q, u, a) in enumerate(item_rows(inv), 1)]
+    lines += [""] + [f"{k}: {v}" for k, v in amount_lines(inv, rng)]
+    lines += ["", f"Please pay by {day(inv, inv.due_date)}. For questions call {inv.vendor_phone}.", "",
+              "Yours sincerely,", inv.extras.get("signer", inv.contact), inv.vendor]
+    return "\n".join(lines)
+
+
+def _sentence_amounts(inv: Invoice, rng: random.Random) -> str:
+    """The amounts as running text (an email does not print a totals block)."""
+    parts = [f"{k.lower() if k[:3] not in ('VAT', 'GST') else k} {v}" for k, v in amount_lines(inv, rng)]
+    return "; ".join(parts).capitalize() + "."
+
+
+def render_email(inv: Invoice, rng: random.Random) -> str:
+    sent = inv.date + dt.timedelta(days=rng.randint(0, 3))
+    lines = [f"From: {inv.vendor} Billing <{inv.vendor_email}>",
+             f"To: {inv.contact} <accounts@{inv.customer_number.lower()}.example>",
+             f"Sent: {sent.strftime('%a, %d %b %Y')} {rng.randint(7, 19):02d}:{rng.randint(0, 59):02d}",
+             f"Subject: {rng.choice(('Invoice', 'Your invoice', 'New invoice'))} {inv.invoice_number}", "",
+             f"Hi {inv.contact},", "",
+             f"thank you for your order {inv.order_number} (PO {inv.po_number}). "
+             f"Here are the details of invoice {inv.invoice_number}, issued on {day(inv, inv.date)}:", ""]
+    lines += [f"  - {d}, {q} x {u}: {a}" for d, q, u, a in item_rows(inv)]
+    lines += ["", _sentence_amounts(inv, rng) + f" All amounts in {inv.currency}.",
+              f"Payment is due on {day(inv, inv.due_date)}.", "",
+              f"If anything is unclear, call us at {inv.vendor_phone}.", "", "Best regards,",
+              inv.extras.get("signer", inv.contact), f"{inv.vendor} | {inv.vendor_address}"]
+    return "\n".join(lines)
+
+
+_OCR_SWAPS = {"l": "1", "I": "l", "O": "0", "o": "0", "S": "5", "B": "8", "e": "c", "a": "o", "t": "f", "i": ";"}
+
+
+def ocr_noise(text: str, rng: random.Random, p: float = 0.12) -> str:
+    """Scanner errors in a label: look-alike characters and stray spaces (never in the values)."""
+    out = []
+    for ch in text:
+        r = rng.random()
+        if ch in _OCR_SWAPS and r < p:
+            out.append(_OCR_SWAPS[ch])
+        elif ch.isalpha() and r > 1 - p / 3:
+            out.append(ch + " ")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def render_ocr(inv: Invoice, rng: random.Random) -> str:
+    text = render_letterhead(inv, rng, lab=lambda s: ocr_noise(s, rng))
+    lines = []
+    for line in text.split("\n"):
+        if rng.random() < 0.2:
+            lines.append(rng.choice(("|", "' .", "~ ~", "__", ":", "|  |")))
+        lines.append(" " * rng.randint(0, 3) + line.replace(": ", rng.choice((": ", " : ", ":  ", " "))))
+    lines.append(f"Page 1/{rng.randint(1, 2)}  scan {rng.randint(1000, 9999)}")
+    return "\n".join(lines)
+
+
+def render_statement(inv: Invoice, rng: random.Random) -> str:
+    paid = (inv.previous_balance * Decimal(rng.choice((0, 0.5, 1)))).quantize(CENT)
+    stated = inv.date + dt.timedelta(days=rng.randint(1, 10))
+    lines = ["ACCOUNT STATEMENT", f"{inv.vendor} - {inv.vendor_address} - {inv.vendor_phone}", "",
+             f"Customer: {inv.customer} (account {inv.customer_number})", f"Statement date: {day(inv, stated)}", "",
+             dotted("Previous balance", money(inv, inv.previous_balance))]
+    if paid:
+        lines.append(dotted(f"Payment received {day(inv, inv.order_date)}", money(inv, -paid)))
+    lines += ["", f"New charges: invoice {inv.invoice_number} dated {day(inv, inv.date)} (PO {inv.po_number})"]
+    lines += [f"   {d} ({q} @ {u}) {a}" for d, q, u, a in item_rows(inv)]
+    no_balance = Invoice(**{**inv.__dict__, "previous_balance": Decimal(0)})
+    lines += ["   " + dotted(k, v) for k, v in amount_lines(no_balance, rng)]
+    lines += ["", dotted("Balance due", money(inv, inv.previous_balance - paid + inv.total)),
+              f"Please pay by {day(inv, inv.due_date)}."]
+    return "\n".join(lines)
+
+
+RENDER = {"letterhead": render_letterhead, "keyvalue": render_keyvalue, "table": render_table,
+          "receipt": render_receipt, "erp": render_erp, "letter": render_letter, "email": render_email,
+          "ocr": render_ocr, "statement": render_statement}
+assert tuple(RENDER) == LAYOUTS
+
+
+# -- examples and files ---------------------------------------------------------------------------
+def layouts_of(split: str) -> tuple[str, ...]:
+    if split == "train":
+        return TRAIN_LAYOUTS
+    if split == "test":
+        return HELD_OUT_LAYOUTS
+    raise ConfigError(f"split {split!r} is not valid; choose one of: train, test")
+
+
+def example(seed: int, split: str, index: int, computed_share: float = 0.3) -> dict:
+    """Line `index` of `split`: a pure function of its arguments. Layouts take turns, so
+    every layout of the split is equally common."""
+    layouts = layouts_of(split)
+    layout = layouts[index % len(layouts)]
+    rng = random.Random(f"invoices/{seed}/{split}/{index}")
+    inv = make_invoice(rng, layout, computed_share)
+    doc = RENDER[layout](inv, rng)
+    return {"id": f"{split}-{index:05d}", "split": split, "prompt": doc, "answer": inv.gold(), "layout": layout,
+            "layout_group": "held_out" if layout in HELD_OUT_LAYOUTS else "seen", "amounts": inv.amounts,
+            "number_format": inv.number_format}
+
+
+def examples(split: str, n: int, seed: int = 0, computed_share: float = 0.3,
+             avoid: frozenset[str] | set[str] = frozenset()) -> list[dict]:
+    """`n` distinct examples of `split`, none whose document is in `avoid`."""
+    out, seen, i = [], set(avoid), 0
+    while len(out) < n:
+        row = example(seed, split, i, computed_share)
+        i += 1
+        if row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            out.append(row)
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Write atomically: a killed run leaves the old file or none, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_invoices(out: str | Path, train: int, test: int, seed: int = 0, computed_share: float = 0.3) -> dict:
+    """DIR/train.jsonl, DIR/test.jsonl and DIR/all.jsonl (both, with their `split`); returns the counts."""
+    if train < 0 or test < 0 or not 0 <= computed_share <= 1:
+        raise ConfigError(f"need train >= 0, test >= 0 and 0 <= computed_share <= 1; "
+                          f"got {train}, {test}, {computed_share}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    test_rows = examples("test", test, seed, computed_share)
+    train_rows = examples("train", train, seed, computed_share, avoid={r["prompt"] for r in test_rows})
+    write_jsonl(out / "train.jsonl", train_rows)
+    write_jsonl(out / "test.jsonl", test_rows)
+    write_jsonl(out / "all.jsonl", train_rows + test_rows)
+    return {"train": len(train_rows), "test": len(test_rows)}
+
+
+GENERATORS = {"invoices": write_invoices}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ponder make-data", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("generator", help=f"data set to generate; one of: {', '.join(GENERATORS)}")
+    ap.add_argument("--out", required=True, help="output folder (train.jsonl, test.jsonl, all.jsonl)")
+    ap.add_argument("--train", type=int, default=1000, help="training lines (layouts: %s)" % ", ".join(TRAIN_LAYOUTS))
+    ap.add_argument("--test", type=int, default=300,
+                    help="test lines (held-out layouts: %s)" % ", ".join(HELD_OUT_LAYOUTS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--computed-share", type=float, default=0.3,
+                    help="share of invoices with subtotal, tax or total left out (to be computed)")
+    args = ap.parse_args(argv)
+    if args.generator not in GENERATORS:
+        raise ConfigError(f"unknown generator {args.generator!r}; valid: {', '.join(GENERATORS)}")
+    counts = GENERATORS[args.generator](args.out, args.train, args.test, args.seed, args.computed_share)
+    print(f"wrote {counts['train']} train and {counts['test']} test lines to {args.out}")
+    return 0
