@@ -1,5 +1,7 @@
-"""Engine invariants: determinism, prefix sharing equals one-by-one sampling, limits."""
+"""Engine invariants: determinism, prefix sharing equals one-by-one sampling, limits,
+and the step-wise API (joining mid-way, dropping rows)."""
 
+import pytest
 import torch
 
 from ponder.models.decoder import supports
@@ -52,14 +54,22 @@ def test_greedy_is_argmax_and_max_tokens_respected(tiny):
             assert s.finish in ("eos", "length") and (s.finish == "eos" or len(s.ids) == lim)
 
 
-def test_stop_strings_and_eos(tiny):
+def test_stop_strings_end_the_completion_at_the_first_match(tiny):
     model, tok = tiny
     e = Engine(model, tok)
-    out = e.generate(PROMPTS, n=8, params=SamplingParams(max_new_tokens=40, stop=("a",)), seed=1)
-    for g in out:
-        for s in g:
-            if s.finish == "stop":
-                assert s.text.endswith("a") and s.text.count("a") == 1
+    sp = SamplingParams(max_new_tokens=40)
+    free = e.generate(PROMPTS, n=4, params=sp, seed=1)
+    stop = free[0][0].text[6:8]  # a string this sample is known to produce
+    assert len(stop) == 2 and free[0][0].finish == "length"
+    out = e.generate(PROMPTS, n=4, params=SamplingParams(max_new_tokens=40, stop=(stop,)), seed=1)
+    s = out[0][0]
+    assert s.finish == "stop" and s.text == free[0][0].text[:free[0][0].text.index(stop) + len(stop)]
+    for g, fg in zip(out, free):
+        for s, f in zip(g, fg):  # every sample: cut at its first match, or unchanged
+            if stop in f.text:
+                assert s.finish == "stop" and s.text.endswith(stop) and s.text.count(stop) == 1
+            else:
+                assert s.ids == f.ids
 
 
 def test_pick_tokens_inverse_cdf():
@@ -84,3 +94,96 @@ def test_tokenizer_round_trips_any_printable_text_including_blank_lines(tiny):
     text = text.replace("\t", " ")  # tabs are not in the tiny vocabulary
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text and len(ids) == len(text) - len("<think>") - len("</think>") + 2
+
+
+def _alone(e, prompt, params, seeds, limit):
+    b = e.batch()
+    b.add(e.encode(prompt), params, seeds, limit)
+    while b.running:
+        b.step()
+    return sorted((s.sample_index, s.ids) for s in b.take_finished())
+
+
+def _run(batch, until=None):
+    """Step until `until` steps were taken (or nothing runs); samples by request id."""
+    done, k = {}, 0
+    while batch.running and (until is None or k < until):
+        batch.step()
+        k += 1
+        for s in batch.take_finished():
+            done.setdefault(s.prompt_index, []).append((s.sample_index, s.ids))
+    return {rid: sorted(v) for rid, v in done.items()}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_request_joining_a_running_batch_gets_the_tokens_it_gets_alone(tiny, fast):
+    model, tok = tiny
+    e = Engine(model, tok, fast=fast)
+    a = SamplingParams(max_new_tokens=30, temperature=1.0)
+    b = SamplingParams(max_new_tokens=25, temperature=0.8, top_p=0.9, thinking_budget=6, answer_reserve=3)
+    first, longer = "98765+12345+11111=?\n", "98765+12345+11111+2222=?\n"
+    batch = e.batch()
+    ra = batch.add(e.encode(first), a, [7, 8], 8)
+    got = _run(batch, until=3)
+    rb = batch.add(e.encode(PROMPTS[1]), b, [9, 10, 11], 25)  # shorter than the columns written: left-masked
+    got.update(_run(batch, until=12))
+    assert ra in got  # finished: its columns are trimmed when the next request joins
+    # longer than the columns still in use: the running rows shift right
+    rc = batch.add(e.encode(longer), a, [12], 3)
+    got.update(_run(batch, until=1))
+    assert batch.col == len(e.encode(longer)) + 1  # trimmed and shifted, not grown: the cache stays short
+    got.update(_run(batch, until=4))
+    rd = batch.add(e.encode(PROMPTS[2]), a, [13], 10)  # trims again, by the shifted rows' columns
+    got.update(_run(batch))
+    assert got[ra] == _alone(e, first, a, [7, 8], 8)
+    assert got[rb] == _alone(e, PROMPTS[1], b, [9, 10, 11], 25)
+    assert got[rc] == _alone(e, longer, a, [12], 3)
+    assert got[rd] == _alone(e, PROMPTS[2], a, [13], 10)
+    assert len({ids for _, ids in got[rb]}) > 1  # the samples of a request differ
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_dropping_a_request_leaves_the_others_unchanged(tiny, fast):
+    model, tok = tiny
+    e = Engine(model, tok, fast=fast)
+    sp = SamplingParams(max_new_tokens=30)
+    ref = e.batch()
+    ids = [ref.add(e.encode(p), sp, [s, s + 100]) for s, p in enumerate(PROMPTS)]
+    want = _run(ref)
+    batch = e.batch()
+    for s, p in enumerate(PROMPTS):
+        batch.add(e.encode(p), sp, [s, s + 100])
+    before = _run(batch, until=3)
+    batch.drop(ids[1])
+    after = _run(batch)
+    assert ids[1] not in after and max(len(t) for _, t in want[ids[1]]) > 3  # it was still running
+    got = {rid: sorted(before.get(rid, []) + after.get(rid, [])) for rid in ids if rid != ids[1]}
+    assert got == {rid: v for rid, v in want.items() if rid != ids[1]}
+
+
+def test_generate_is_a_loop_over_the_step_api(tiny):
+    model, tok = tiny
+    e = Engine(model, tok)
+    sp = SamplingParams(max_new_tokens=20, top_p=0.95)
+    out = e.generate(PROMPTS, n=2, params=sp, seed=4)
+    batch = e.batch()
+    for i, p in enumerate(PROMPTS):
+        batch.add(e.encode(p), sp, [row_seed(4, i, j) for j in range(2)])
+    events = []
+    while batch.running:
+        events += batch.step()
+    by_row = {}
+    for ev in events:
+        by_row.setdefault((ev.rid, ev.j), []).append(ev.token)
+    assert by_row == {(i, j): list(out[i][j].ids) for i in range(len(PROMPTS)) for j in range(2)}
+    assert e.last_stats.forward_calls == batch.forward_calls == max(len(s.ids) for g in out for s in g)
+
+
+def test_batch_refuses_empty_requests(tiny):
+    from ponder.core.config import ConfigError
+    model, tok = tiny
+    batch = Engine(model, tok).batch()
+    with pytest.raises(ConfigError, match="prompt_ids is empty"):
+        batch.add([], SamplingParams(), [0])
+    with pytest.raises(ConfigError, match="at least one seed"):
+        batch.add([1, 2], SamplingParams(), [])

@@ -32,9 +32,12 @@ from ponder.core.config import ConfigError
 # model, whose full column method for a 5-digit problem takes ~90 tokens:
 # `low` fits one or two column steps, `medium` most problems, `high` lets
 # the model decide (adaptive).
-EFFORT: dict[str, int] = {"low": 16, "medium": 64, "high": -1}
+# `minimal` is a token or two of thinking (the OpenAI/Anthropic APIs' lowest
+# level above none; `ponder serve` maps its `none` to budget 0).
+EFFORT: dict[str, int] = {"minimal": 4, "low": 16, "medium": 64, "high": -1}
 ADAPTIVE = -1
 OVERHEAD = 2  # the `<think>` and `</think>` tokens around the thinking
+ANSWER_RESERVE = 16  # default tokens of a row's limit kept for the answer (`SamplingParams.answer_reserve`)
 
 
 def effort_budget(effort: str) -> int:
@@ -51,14 +54,15 @@ def effort_budget(effort: str) -> int:
 
 def parse_budgets(text: str, max_new_tokens: int) -> list[int | None]:
     """'none,0,64,low' -> [None, 0, 64, 16]: distinct budgets, each checked against max_new_tokens."""
-    from ponder.engine.engine import SamplingParams  # engine imports this module
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         if item == "none":
             out.append(None)
             continue
         budget = effort_budget(item) if item in EFFORT or not item.lstrip("-").isdigit() else int(item)
-        SamplingParams(max_new_tokens, thinking_budget=budget)  # range check, with the valid values in the error
+        check_budget(budget, 0, ANSWER_RESERVE, max_new_tokens)  # range check, with the valid values in the error
         out.append(budget)
     if not out:
         raise ConfigError("budgets is empty; give e.g. 'none' or 'none,0,32,-1'")

@@ -1,20 +1,38 @@
-"""One token-in/token-out generation engine for rollouts, evaluation and scaling.
+"""One token-in/token-out generation engine for rollouts, evaluation, scaling and serving.
 
-`Engine.generate(prompts, n, params, seed)` samples `n` completions for each
-prompt. How it works, and why:
+Public API:
+
+- `Engine(model, tokenizer, fast=True)`
+- `Engine.generate(prompts, n=1, params=SamplingParams(), seed=0, max_tokens=None) -> list[list[Sample]]`:
+  `n` samples for each prompt; `Engine.generate_ids(prompt_ids, n, params, seeds, limits) -> list[Sample]`
+  is the same over token ids with explicit per-row seeds.
+- Step-wise, for continuous batching (`ponder serve`): `batch = Engine.batch()`, then
+  - `batch.add(prompt_ids, params, seeds, max_tokens=None) -> int`: queue a request with one
+    sample per seed (seeds from `row_seed`); it joins the running rows at the next step; returns its id;
+  - `batch.step() -> list[Token]`: admit waiting requests (one batched prefill), then one decode step
+    for every running row; `Token(rid, j, token, finish)` per emitted token;
+  - `batch.take_finished() -> list[Sample]`: rows finished since the last call
+    (`Sample.prompt_index` is the request id);
+  - `batch.drop(rid)`: stop a request now (its rows yield no Sample); `batch.running`: rows left.
+  `generate` is a loop over these.
+
+How it works, and why:
 
 1. Prompts are left-padded into one batch and prefilled once; for a group of
-   `n` samples the prompt's KV cache is computed once and repeated `n` times
-   (`batch_repeat_interleave`), never recomputed per sample.
+   `n` samples the prompt's KV cache is computed once and repeated `n` times,
+   never recomputed per sample.
 2. Every row decodes with its own random stream: a `torch.Generator` seeded
    from (seed, prompt index, sample index) draws the row's uniforms up front,
    and a token is picked by inverting the row's CDF with them. A row's tokens
    therefore do not depend on what else is in the batch: batched sampling
-   equals one-by-one sampling (tested), and the same seed gives the same tokens.
+   equals one-by-one sampling, a request that joins a running batch mid-way
+   gets the tokens it gets alone (both tested), and the same seed gives the
+   same tokens.
 3. Rows that finish (EOS, a stop string, or their token limit) leave the
-   batch: their cache rows are dropped, so no compute is spent decoding
-   finished sequences (HF `generate` keeps decoding them).
-4. A thinking budget (`SamplingParams.thinking_budget`, see `ponder.budget`)
+   batch: their result is ready at once and their cache rows are dropped
+   (batched, see `Batch`), so no compute is spent decoding finished sequences
+   (HF `generate` keeps decoding them).
+4. A thinking budget (`SamplingParams.thinking_budget`, see `ponder.engine.budget`)
    is enforced per row inside the loop: a `ThinkingForcer` may replace the
    sampled token (`</think>` at the cap, "Wait" below the minimum), and the
    token fed back to the model is the one emitted.
@@ -28,7 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ponder.engine.budget import ThinkingForcer, check_budget, row_cap
+from ponder.engine.budget import ANSWER_RESERVE, ThinkingForcer, check_budget, row_cap
 from ponder.core.config import ConfigError
 from ponder.models.decoder import Decoder, supports
 from ponder.tasks.base import THINK_CLOSE, THINK_OPEN, thinking_text
@@ -42,7 +60,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop when the completion's text ends with one of these
     thinking_budget: int | None = None  # None: no control; -1 adaptive; 0 no thinking; N: cap (ponder.engine.budget)
     min_thinking: int = 0  # below this many thinking tokens an early </think> becomes `wait_text` (s1)
-    answer_reserve: int = 16  # with a budget, tokens of the limit kept for the answer
+    answer_reserve: int = ANSWER_RESERVE  # with a budget, tokens of the limit kept for the answer
     answer_prefix: str = ""  # forced right after a </think> the engine forces or the model emits
     wait_text: str = "Wait"  # what replaces an early </think>
 
@@ -160,6 +178,10 @@ class Engine:
     def encode(self, prompt: str) -> list[int]:
         return self.tok(prompt)["input_ids"]
 
+    def batch(self) -> "Batch":
+        """A new, empty running batch for step-wise generation (see `Batch`)."""
+        return Batch(self)
+
     def generate(self, prompts: list[str], n: int = 1, params: SamplingParams = SamplingParams(),
                  seed: int = 0, max_tokens: list[int] | None = None) -> list[list[Sample]]:
         """`n` samples for each prompt: result[i][j] is sample j of prompt i."""
@@ -176,73 +198,22 @@ class Engine:
     @torch.no_grad()
     def generate_ids(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
                      seeds: list[list[int]], limits: list[int]) -> list[Sample]:
-        """Core loop over token ids; rows are (prompt i, sample j) in row-major order."""
+        """Core loop over token ids; rows are (prompt i, sample j) in row-major order.
+
+        A loop over the step-wise API: every prompt joins one fresh batch, which is
+        stepped until no row runs."""
         t0 = time.perf_counter()
-        P = len(prompt_ids)
-        if P == 0:
+        if not prompt_ids:
             return []
-        B, T_new = P * n, max(limits)
-        # Prefill: left-pad so every prompt ends at the last column.
-        Lp = max(map(len, prompt_ids))
-        ids = torch.full((P, Lp), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((P, Lp), dtype=torch.long)
-        for i, p in enumerate(prompt_ids):
-            ids[i, Lp - len(p):] = torch.tensor(p)
-            mask[i, Lp - len(p):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        backend = self._backend()
-        logits = backend.prefill(ids, mask, pos, Lp + T_new)  # (P, V)
-        if n > 1:  # share each prompt's cache across its group
-            backend.repeat_interleave(n)
-            logits = logits.repeat_interleave(n, 0)
-        next_pos = torch.tensor([len(p) for p in prompt_ids]).repeat_interleave(n)  # (B,)
-        # Each row's uniforms, drawn from its own generator.
-        u = torch.empty((B, T_new))
-        for r in range(B):
-            g = torch.Generator().manual_seed(seeds[r // n][r % n])
-            u[r] = torch.rand(T_new, generator=g)
-        row_limit = [lim for lim in limits for _ in range(n)]
-        forcers = self._forcers(prompt_ids, n, params, row_limit) if params.controls_thinking else None
-        generated: list[list[int]] = [[] for _ in range(B)]
-        finish = ["length"] * B
-        rows = torch.arange(B)  # original row of each batch row still in the cache
-        live = torch.ones(B, dtype=torch.bool)  # batch rows still generating
-        calls = 1
-        for t in range(T_new):
-            if forcers is not None:  # e.g. no EOS right after </think>: the answer is never empty
-                for k, r in enumerate(rows.tolist()):
-                    if ban := forcers[r].banned():
-                        logits[k, list(ban)] = -float("inf")
-            tokens = pick_tokens(logits, u[rows, t], params.temperature, params.top_p)  # (R,)
-            for k in live.nonzero().flatten().tolist():
-                r, tk = int(rows[k]), int(tokens[k])
-                if forcers is not None:
-                    tk = forcers[r].next(tk)
-                    tokens[k] = tk  # the model sees the forced token, not the sampled one
-                generated[r].append(tk)
-                if tk == self.eos_id:
-                    finish[r] = "eos"
-                elif params.stop and self._hits_stop(generated[r], params.stop):
-                    finish[r] = "stop"
-                elif len(generated[r]) < row_limit[r]:
-                    continue
-                live[k] = False
-            n_live = int(live.sum())
-            if n_live == 0:
-                break
-            # Drop finished rows once they are a quarter of the batch: a cache copy is
-            # dearer than a few wasted rows, so compaction is batched.
-            if n_live <= 0.75 * len(rows):
-                keep = live.nonzero().flatten()
-                backend.select(keep)
-                rows, tokens, live = rows[keep], tokens[keep], live[keep]
-            tokens = tokens.masked_fill(~live, self.pad_id)
-            logits = backend.step(tokens, next_pos[rows] + t, start=Lp + t)
-            calls += 1
-        samples = [self._sample(r // n, r % n, prompt_ids[r // n], generated[r], finish[r]) for r in range(B)]
+        batch = self.batch()
+        rids = [batch.add(p, params, seeds[i][:n], limits[i]) for i, p in enumerate(prompt_ids)]
+        while batch.running:
+            batch.step()
+        done = {(s.prompt_index, s.sample_index): s for s in batch.take_finished()}
+        samples = [done[rid, j] for rid in rids for j in range(n)]
         self.last_stats = GenerationStats(
-            prompt_tokens=sum(map(len, prompt_ids)), generated_tokens=sum(map(len, generated)),
-            seconds=time.perf_counter() - t0, forward_calls=calls)
+            prompt_tokens=sum(map(len, prompt_ids)), generated_tokens=sum(len(s.ids) for s in samples),
+            seconds=time.perf_counter() - t0, forward_calls=batch.forward_calls)
         return samples
 
     def _backend(self):
@@ -251,22 +222,22 @@ class Engine:
         return _HFBackend(self.model)
 
     # -- helpers -----------------------------------------------------------------
-    def _forcers(self, prompt_ids, n, params: SamplingParams, row_limit: list[int]) -> list[ThinkingForcer]:
-        """One budget-forcing state machine per row (see `ponder.budget`)."""
+    def forcer(self, prompt: list[int], params: SamplingParams, limit: int) -> ThinkingForcer | None:
+        """The row's budget-forcing state machine (see `ponder.engine.budget`), or None
+        when `params` leaves thinking alone."""
+        if not params.controls_thinking:
+            return None
         open_id, close_id = self.think_ids
         if open_id is None or close_id is None:
             raise ConfigError("thinking budgets need a tokenizer with single <think> and </think> tokens")
         enc = lambda text: self.tok(text, add_special_tokens=False)["input_ids"] if text else []
         wait, prefix = enc(params.wait_text), enc(params.answer_prefix)
         budget = -1 if params.thinking_budget is None else params.thinking_budget
-        out = []
-        for r, limit in enumerate(row_limit):
-            p = prompt_ids[r // n]
-            # A chat template may already have opened the thinking in the prompt.
-            opened = open_id in p and (close_id not in p or p[::-1].index(open_id) < p[::-1].index(close_id))
-            cap = row_cap(budget, limit, params.answer_reserve, len(prefix), opened)
-            out.append(ThinkingForcer(open_id, close_id, self.eos_id, cap, params.min_thinking, wait, prefix, opened))
-        return out
+        # A chat template may already have opened the thinking in the prompt.
+        p = prompt
+        opened = open_id in p and (close_id not in p or p[::-1].index(open_id) < p[::-1].index(close_id))
+        cap = row_cap(budget, limit, params.answer_reserve, len(prefix), opened)
+        return ThinkingForcer(open_id, close_id, self.eos_id, cap, params.min_thinking, wait, prefix, opened)
 
     def _hits_stop(self, ids: list[int], stops: tuple[str, ...]) -> bool:
         tail = self.tok.decode(ids[-32:], skip_special_tokens=True)
@@ -293,8 +264,207 @@ class Engine:
         return n_think, max(0, len(ids) - n_think)
 
 
+@dataclass
+class _Row:
+    """One sequence of a running batch: sample `j` of request `rid`."""
+    rid: int
+    j: int
+    prompt: list[int]
+    params: SamplingParams
+    limit: int
+    u: torch.Tensor  # (limit,) the row's uniforms, from its own generator
+    forcer: ThinkingForcer | None
+    first_step: int  # the batch step of the row's first token
+    first_col: int = 0  # cache column of the row's first prompt token
+    ids: list[int] = field(default_factory=list)
+    finish: str | None = None  # None while running; "eos" | "stop" | "length" | "dropped"
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token `step` emitted for sample `j` of request `rid`; `finish` is set on a row's last token."""
+    rid: int
+    j: int
+    token: int
+    finish: str | None
+
+
+class Batch:
+    """A running batch: requests join and leave between decode steps.
+
+    Every row keeps its own generator stream, position counter and cache row, and its
+    tokens depend on its own prompt, params and seed only; so a request gives the
+    same tokens whether it runs alone or joins others mid-way (tested).
+
+    Cache layout: one column timeline shared by all rows (`col` is the next column
+    written). A joining request is prefilled on its own, then copied in so that its
+    prompt ends at column `col - 1`; columns before its first token are masked out.
+    Rows that finish or are dropped stay in the cache, masked and fed padding, until
+    a quarter of the batch is dead: a cache copy is dearer than a few wasted rows.
+    """
+
+    def __init__(self, engine: Engine):
+        self.e = engine
+        self.rows: list[_Row] = []  # one per cache row, dead rows included until compaction
+        self.pending: list[list[_Row]] = []  # requests waiting for the next step's prefill
+        self.finished: list[Sample] = []
+        self.backend, self.logits, self.col, self.t = None, None, 0, 0
+        self.forward_calls, self._next_rid = 0, 0
+
+    @property
+    def running(self) -> int:
+        """Rows still generating or waiting to join."""
+        return sum(r.finish is None for r in self.rows) + sum(len(g) for g in self.pending)
+
+    def add(self, prompt_ids: list[int], params: SamplingParams, seeds: list[int], max_tokens: int | None = None) -> int:
+        """Queue a request with one sample per seed; it joins at the next `step`. Returns its id."""
+        limit = params.max_new_tokens if max_tokens is None else max_tokens
+        if not prompt_ids:
+            raise ConfigError("prompt_ids is empty; a request needs at least one prompt token")
+        if limit < 1 or not seeds:
+            raise ConfigError(f"a request needs max_tokens >= 1 and at least one seed, got {limit} and {len(seeds)}")
+        rid, self._next_rid = self._next_rid, self._next_rid + 1
+        rows = []
+        for j, s in enumerate(seeds):
+            u = torch.rand(limit, generator=torch.Generator().manual_seed(s))
+            rows.append(_Row(rid, j, list(prompt_ids), params, limit, u, self.e.forcer(prompt_ids, params, limit), 0))
+        self.pending.append(rows)
+        return rid
+
+    def drop(self, rid: int) -> None:
+        """Stop request `rid` now (e.g. its client went away): its rows produce no Sample."""
+        self.pending = [g for g in self.pending if g[0].rid != rid]
+        for r in self.rows:
+            if r.rid == rid and r.finish is None:
+                r.finish = "dropped"
+        if not any(r.finish is None for r in self.rows):
+            self._reset()
+
+    def take_finished(self) -> list[Sample]:
+        """Samples of rows that finished since the last call (their rows have left the batch)."""
+        out, self.finished = self.finished, []
+        return out
+
+    @torch.no_grad()
+    def step(self) -> list[Token]:
+        """Admit waiting requests, then one decode step for every running row: the tokens emitted."""
+        if self.pending:
+            self._admit()
+        if not self.rows:
+            return []
+        tokens = self._pick()
+        events = self._emit(tokens)
+        self.t += 1
+        live = torch.tensor([r.finish is None for r in self.rows])
+        n_live = int(live.sum())
+        if n_live == 0:
+            self._reset()
+            return events
+        if n_live <= 0.75 * len(self.rows):
+            keep = live.nonzero().flatten()
+            self.backend.select(keep)
+            self.rows = [self.rows[k] for k in keep.tolist()]
+            tokens, live = tokens[keep], live[keep]
+        tokens = tokens.masked_fill(~live, self.e.pad_id)
+        pos = torch.tensor([len(r.prompt) + self.t - 1 - r.first_step for r in self.rows])
+        self.logits = self.backend.step(tokens, pos, start=self.col)
+        self.col += 1
+        self.forward_calls += 1
+        return events
+
+    # -- step parts --------------------------------------------------------------
+    def _reset(self) -> None:
+        self.rows, self.backend, self.logits, self.col = [], None, None, 0
+
+    def _pick(self) -> torch.Tensor:
+        """One sampled token per cache row (dead rows' picks are ignored)."""
+        logits = self.logits
+        for k, r in enumerate(self.rows):  # e.g. no EOS right after </think>: the answer is never empty
+            if r.finish is None and r.forcer is not None and (ban := r.forcer.banned()):
+                logits[k, list(ban)] = -float("inf")
+        u = torch.tensor([float(r.u[len(r.ids)]) if r.finish is None else 0.0 for r in self.rows])
+        groups: dict[tuple[float, float], list[int]] = {}
+        for k, r in enumerate(self.rows):
+            groups.setdefault((r.params.temperature, r.params.top_p), []).append(k)
+        if len(groups) == 1:
+            ((temp, top_p),) = groups
+            return pick_tokens(logits, u, temp, top_p)
+        tokens = torch.empty(len(self.rows), dtype=torch.long)
+        for (temp, top_p), ks in groups.items():
+            idx = torch.tensor(ks)
+            tokens[idx] = pick_tokens(logits[idx], u[idx], temp, top_p)
+        return tokens
+
+    def _emit(self, tokens: torch.Tensor) -> list[Token]:
+        """Apply forcing and the stop rules to each running row's token; record finished rows."""
+        events = []
+        for k, r in enumerate(self.rows):
+            if r.finish is not None:
+                continue
+            tk = int(tokens[k])
+            if r.forcer is not None:
+                tk = r.forcer.next(tk)
+                tokens[k] = tk  # the model sees the forced token, not the sampled one
+            r.ids.append(tk)
+            if tk == self.e.eos_id:
+                r.finish = "eos"
+            elif r.params.stop and self.e._hits_stop(r.ids, r.params.stop):
+                r.finish = "stop"
+            elif len(r.ids) >= r.limit:
+                r.finish = "length"
+            events.append(Token(r.rid, r.j, tk, r.finish))
+            if r.finish is not None:
+                self.finished.append(self.e._sample(r.rid, r.j, r.prompt, r.ids, r.finish))
+        return events
+
+    def _admit(self) -> None:
+        """Prefill the waiting requests together and join them to the running rows."""
+        groups, self.pending = self.pending, []
+        prompts = [g[0].prompt for g in groups]
+        Lp = max(map(len, prompts))
+        ids = torch.full((len(prompts), Lp), self.e.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), Lp), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left-pad so every prompt ends at the last column
+            ids[i, Lp - len(p):] = torch.tensor(p)
+            mask[i, Lp - len(p):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        new = self.e._backend()
+        width = Lp + max(g[0].limit for g in groups) if not self.rows else Lp
+        logits = new.prefill(ids, mask, pos, width)  # (P, V)
+        self.forward_calls += 1
+        expand = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+        if len(expand) > len(groups):  # share each prompt's cache across its samples
+            new.select(expand)
+            logits = logits[expand]
+        rows = [r for g in groups for r in g]
+        for r, i in zip(rows, expand.tolist()):
+            r.first_step, r.first_col = self.t, Lp - len(prompts[i])
+        if not self.rows:
+            self.backend, self.logits, self.rows, self.col = new, logits, rows, Lp
+            return
+        self._join(new, logits, rows, Lp)
+
+    def _join(self, new, logits: torch.Tensor, rows: list[_Row], Lp: int) -> None:
+        """Copy the running rows (dead ones dropped, empty leading columns trimmed) and the
+        prefilled `rows` into one cache whose last written column is shared."""
+        keep = [k for k, r in enumerate(self.rows) if r.finish is None]
+        old = [self.rows[k] for k in keep]
+        trim = min(r.first_col for r in old)
+        used = self.col - trim
+        col = max(used, Lp)
+        room = max([r.limit - len(r.ids) for r in old] + [r.limit for r in rows])
+        idx = torch.tensor(keep)
+        self.backend.join(idx, trim, self.col, new, col, col + room)
+        for r in old:
+            r.first_col += col - used - trim
+        for r in rows:
+            r.first_col += col - Lp
+        self.logits = torch.cat([self.logits[idx], logits])
+        self.rows, self.col = old + rows, col
+
+
 class _FastBackend:
-    """Preallocated KV cache and ponder's own Llama-family forward (see `ponder.decoder`)."""
+    """Preallocated KV cache and ponder's own Llama-family forward (see `ponder.models.decoder`)."""
 
     def __init__(self, decoder: Decoder):
         self.dec, self.cache = decoder, None
@@ -303,14 +473,25 @@ class _FastBackend:
         self.cache = self.dec.new_cache(ids.size(0), max_len)
         return self.dec.forward(ids, pos, self.cache, start=0, valid=mask.bool())
 
-    def repeat_interleave(self, n):
-        self.cache.repeat_interleave(n)
-
     def select(self, keep):
         self.cache.select(keep)
 
     def step(self, tokens, pos, start):
         return self.dec.forward(tokens[:, None], pos[:, None], self.cache, start=start)
+
+    def join(self, keep, trim: int, end: int, new: "_FastBackend", col: int, width: int) -> None:
+        """Rows `keep` of columns trim..end-1, then `new`'s rows, all ending at column col-1."""
+        a, b = self.cache, new.cache
+        used, lp = end - trim, b.valid.size(1)
+        out = self.dec.new_cache(len(keep) + b.batch, width)
+        na = len(keep)
+        for dst, src_a, src_b in ((out.k, a.k, b.k), (out.v, a.v, b.v)):
+            for d, x, y in zip(dst, src_a, src_b):
+                d[:na, :, col - used:col] = x[keep, :, trim:end]
+                d[na:, :, col - lp:col] = y[:, :, :lp]
+        out.valid[:na, col - used:col] = a.valid[keep, trim:end]
+        out.valid[na:, col - lp:col] = b.valid[:, :lp]
+        self.cache = out
 
 
 class _HFBackend:
@@ -324,10 +505,6 @@ class _HFBackend:
         self.cache, self.mask = out.past_key_values, mask
         return out.logits[:, -1, :]
 
-    def repeat_interleave(self, n):
-        self.cache.batch_repeat_interleave(n)
-        self.mask = self.mask.repeat_interleave(n, 0)
-
     def select(self, keep):
         self.cache.batch_select_indices(keep)
         self.mask = self.mask[keep]
@@ -338,3 +515,18 @@ class _HFBackend:
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
+
+    def join(self, keep, trim: int, end: int, new: "_HFBackend", col: int, width: int) -> None:
+        """As `_FastBackend.join`; HF caches grow by concatenation, so the width is `col`."""
+        from transformers import DynamicCache
+        pad = lambda x, left: torch.nn.functional.pad(x, (0, 0, left, 0))  # (B, H, S, D) on S
+        layers = []
+        for la, lb in zip(self.cache.layers, new.cache.layers):
+            ka, va = la.keys[keep, :, trim:end], la.values[keep, :, trim:end]
+            kb, vb = lb.keys, lb.values
+            layers.append((torch.cat([pad(ka, col - ka.size(2)), pad(kb, col - kb.size(2))]),
+                           torch.cat([pad(va, col - va.size(2)), pad(vb, col - vb.size(2))])))
+        self.cache = DynamicCache(layers, config=self.model.config)
+        ma, mb = self.mask[keep, trim:end], new.mask
+        self.mask = torch.cat([torch.nn.functional.pad(ma, (col - ma.size(1), 0)),
+                               torch.nn.functional.pad(mb, (col - mb.size(1), 0))])
