@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("ponder.inference.evaluate:main", "pass@1, pass@k, maj@k and thinking length on a held-out split"),
     "compare": ("ponder.inference.compare:main", "paired accuracy difference of two `ponder eval --out` files, with a 95% interval"),
     "report": ("ponder.commands.report:main", "write an HTML page with plots for a run directory"),
+    "doctor": ("ponder.rl.doctor:main", "diagnose a run that is not learning: no signal, collapse, truncation, hacking..."),
     "tasks": ("ponder.commands.tasks:main", "list the built-in tasks, reasoning-gym datasets, and how to bring your own"),
     "verify": ("ponder.commands.verify:main", "run a verifier on given answers and print verdicts (math, code, json, task)"),
     "probe": ("ponder.verifiers.probe:main", "attack a task's verifier with degenerate answers; report any that score > 0"),
