@@ -61,8 +61,9 @@ MIN_STEPS = 5  # fewer steps than this: no trend can be told from noise
 # such step, 57 of 60, all 16 groups solved), 10% of the run makes it matter.
 NO_SIGNAL_MIN_STEPS, NO_SIGNAL_MIN_SHARE = 3, 0.10
 # zero_variance: smoothed share of groups whose rewards all agree. The quickstart ends near 0.7
-# (the task gets easy): warn from 0.6, call it a problem from 0.85 (under 1 group in 6 teaches).
-ZERO_VAR_WARN, ZERO_VAR_PROBLEM = 0.60, 0.85
+# (the task gets easy; its longest smoothed stretch >= 0.8 is 1 step): warn from 0.6, call it a
+# problem from 0.8 (under 1 group in 5 teaches).
+ZERO_VAR_WARN, ZERO_VAR_PROBLEM = 0.60, 0.80
 ZERO_VAR_MIN_STEPS, ZERO_VAR_MIN_SHARE = 5, 0.25  # "a long stretch": a quarter of the run
 # entropy_collapse: smoothed entropy relative to the first steps'. The quickstart falls to ~13% of
 # its start while accuracy climbs to ~0.9 (sharpening on a task it solves): a warning. Below 5% (or
@@ -74,12 +75,13 @@ LOW_STRETCH_MIN_SHARE = 0.10  # a low stretch must last 10% of the run (at least
 # truncation: share of completions that hit max_new_tokens. A truncated answer scores 0 however
 # good its reasoning was; 10% sustained skews the advantages. Warn from 3% if rising (creeping).
 TRUNC_PROBLEM, TRUNC_WARN = 0.10, 0.03
+TRUNC_MEAN_LEN = 0.9  # without trunc_rate: a mean length at 90% of the limit means most hit it
 # invalid_verdicts: a working checker never fails; 5% sustained (or one step at 25%) means the
 # checker, not the model, is shaping the run; any failure at all is worth a warning.
 INVALID_PROBLEM, INVALID_SPIKE = 0.05, 0.25
-# kl_blowup: k3 KL per token to the starting model. The quickstart stays under 0.07; 1 nat/token
-# means every token's distribution moved far from the start.
-KL_WARN, KL_PROBLEM = 0.3, 1.0
+# kl_blowup: k3 KL per token to the starting model. The quickstart's smoothed KL peaks at 0.045
+# (single steps 0.07); 0.5 nats/token, 10x that, means the policy is far from where it started.
+KL_WARN, KL_PROBLEM = 0.2, 0.5
 # gradient norm (before clipping): a step 10x the median of the 10 before it is a spike; the last
 # steps' median 10x the first steps' is a runaway. The quickstart varies within ~3x.
 GRAD_SPIKE_RATIO, GRAD_HISTORY, GRAD_SPIKES_PROBLEM, GRAD_GROWTH = 10.0, 10, 3, 10.0
@@ -324,7 +326,7 @@ def window(n: int) -> int:
 def rolling(values: list[float], w: int) -> list[float]:
     """Centred moving average (shorter at the ends).
 
-    >>> rolling([0, 0, 3, 0, 0], 3)
+    >>> rolling([0.0, 0.0, 3.0, 0.0, 0.0], 3)
     [0.0, 1.0, 1.0, 1.0, 0.0]
     """
     h = w // 2
@@ -386,6 +388,8 @@ def check_no_signal(run: Run) -> list[Finding]:
         flags = [v >= 1 - EPS for v in zv]
     else:  # older runs: a step mean of exactly 0 or 1 means every sample scored the same
         steps, acc = series(run, "accuracy")
+        if not steps:
+            steps, acc = series(run, "reward")
         if not steps:
             return [_missing("no_signal", "zero_var_frac", run)]
         flags = [v <= EPS or v >= 1 - EPS for v in acc]
@@ -501,7 +505,13 @@ def check_truncation(run: Run) -> list[Finding]:
         out = [_missing("truncation", "trunc_rate", run)]
         ls, lmax = series(run, "resp_len_max")
         hit = [s for s, v in zip(ls, lmax) if isinstance(limit, int) and v >= limit]
-        if hit:
+        ms, lmean = series(run, "resp_len_mean")
+        full = [s for s, v in zip(ms, lmean) if isinstance(limit, int) and v >= TRUNC_MEAN_LEN * limit]
+        if len(full) >= _min_stretch(len(run.steps), LOW_STRETCH_MIN_SHARE, 3):
+            out.append(Finding("truncation", "problem", (full[0], full[-1]), f"the mean completion length was at "
+                               f"least {_pct(TRUNC_MEAN_LEN)} of {lim} at {len(full)} steps ({full[0]}-{full[-1]}): "
+                               "most completions were cut off before their answer.", fix))
+        elif hit:
             out.append(Finding("truncation", "warning", (hit[0], hit[-1]), f"the longest completion reached {lim} "
                                f"at {len(hit)} steps ({hit[0]}-{hit[-1]}); how many were cut is not logged", fix))
         return out
