@@ -178,6 +178,14 @@ def test_reward_hacking_from_named_step_files(tmp_path):
     assert "reward_hacking" in codes(diagnose_dir(run))
 
 
+def test_reward_hacking_from_loosely_named_files(tmp_path):
+    run = write_run(tmp_path / "run", healthy_rows(), evals=(("eval_base", 0.4), ("final", 0.4)))
+    assert "reward_hacking" in codes(diagnose_dir(run))
+    (run / "eval" / "mystery.json").write_text(json.dumps(eval_file("mystery", 0.9)))
+    note = next(f for f in diagnose_dir(run) if f.code == "read")
+    assert "eval/mystery.json: cannot tell which step" in note.explanation
+
+
 def test_no_held_out_evals_is_noted(tmp_path):
     findings = diagnose_dir(write_run(tmp_path / "run", healthy_rows(), evals=()))
     note = next(f for f in findings if f.code == "reward_hacking")
@@ -289,7 +297,14 @@ def test_pipeline_run_is_diagnosed_per_stage(tmp_path):
     (stage / "eval.json").write_text(json.dumps(eval_file("rl", 0.40)))
     (stage / "manifest.json").write_text(json.dumps({"stage": "rl", "kind": "rl", "config": CONFIG, "inputs": {
         "parent": {"model": str(root / "base_eval" / "model"), "sha256": ""}, "data": []}}))
+    sft = root / "sft"  # an SFT stage logs only its loss: not diagnosed
+    sft.mkdir()
+    (sft / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "grad_norm": 1.0}\n')
+    (root / "pipeline.json").write_text(json.dumps({"recipe": "r1.toml", "stages": ["base_eval", "sft", "rl"]}))
     findings = diagnose_dir(root)
+    assert {f.stage for f in findings} == {"rl"}
+    with pytest.raises(DoctorError, match="not an RL run"):
+        diagnose_dir(sft)
     hack = next(f for f in findings if f.code == "reward_hacking")
     assert hack.severity == "problem" and hack.stage == "rl" and "parent stage" in hack.explanation
     assert doctor.to_json(findings)["findings"][0]["stage"] == "rl"
@@ -381,3 +396,18 @@ def test_summary_lines_for_train(tmp_path):
 
 def test_doctests():
     assert doctest.testmod(doctor).failed == 0
+
+
+def test_report_page_has_the_findings(tmp_path):
+    pytest.importorskip("matplotlib")
+    from ponder.commands.report import write_report
+    rows = healthy_rows(30)
+    plant_invalid(rows)  # steps 41-60 do not exist here: plant by hand
+    for r in rows[10:20]:
+        r["invalid_frac"] = 0.3
+    page = write_report(write_run(tmp_path / "run", rows)).read_text()
+    assert "<h2>Doctor</h2><p>problems found" in page
+    assert "<b>problem</b> <code>invalid_verdicts</code> (steps 11-20)" in page
+    (tmp_path / "run" / "config.json").write_text("{oops")
+    page = write_report(tmp_path / "run").read_text()
+    assert "doctor could not check the run: config.json line 1: not valid JSON" in page

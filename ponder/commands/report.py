@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ponder.core.config import ConfigError
+from ponder.rl.doctor import DoctorError, diagnose_dir
 
 # Per-step metrics in the order the last-step table shows them.
 STEP_KEYS = (
@@ -439,14 +440,28 @@ pre{white-space:pre-wrap;word-break:break-word;font-size:.85em}
 """
 
 
+def doctor_html(findings: Sequence) -> str:
+    """The `ponder doctor` findings (ponder.rl.doctor.Finding): problems and warnings, then notes."""
+    items = []
+    for f in findings:
+        steps = f" (steps {f.steps[0]}-{f.steps[1]})" if f.steps else ""
+        fix = f"<br><i>What to change:</i> {_e(f.suggestion)}" if f.suggestion else ""
+        items.append(f"<li><b>{_e(f.severity)}</b> {_e(f.stage + ': ' if f.stage else '')}<code>{_e(f.code)}</code>"
+                     f"{_e(steps)}: {_e(f.explanation)}{fix}</li>")
+    verdict = "no problems found" if not any(f.severity == "problem" for f in findings) else "problems found"
+    return f"<h2>Doctor</h2><p>{verdict} (<code>ponder doctor</code>)</p>" + (f"<ul>{''.join(items)}</ul>" if items else "")
+
+
 def render_html(title: str, evals: Sequence[dict], rows: Sequence[dict],
-                plots: Sequence[tuple[str, str]], notes: Sequence[str]) -> str:
-    """The whole page; `plots` is (caption, relative file name)."""
+                plots: Sequence[tuple[str, str]], notes: Sequence[str], findings: Sequence | None = None) -> str:
+    """The whole page; `plots` is (caption, relative file name); `findings` from `ponder doctor` (None = none run)."""
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>ponder report: {_e(title)}</title>",
            f"<style>{CSS}</style></head><body><h1>ponder report: {_e(title)}</h1>"]
     if notes:
         out.append("<div class=notes><b>Missing or skipped:</b><ul>"
                    + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></div>")
+    if findings is not None:
+        out.append(doctor_html(findings))
     if evals:
         out.append("<h2>Evaluation</h2>" + eval_table(evals)
                    + "<p class=ci>Accuracy interval: 95%, from the eval file's accuracy_ci.</p>")
@@ -508,7 +523,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         elif data:
             notes.append(f"no data for plot: {caption}")
 
-    out.write_text(render_html(run_dir.resolve().name, evals, rows, plots, notes), encoding="utf-8")
+    findings = None
+    if rows:
+        try:
+            findings = diagnose_dir(run_dir)
+        except DoctorError as e:
+            notes.append(f"doctor could not check the run: {e}")
+    out.write_text(render_html(run_dir.resolve().name, evals, rows, plots, notes, findings), encoding="utf-8")
     return out
 
 

@@ -23,8 +23,9 @@ quickstart folder; a pipeline folder is diagnosed stage by stage):
   held-out accuracy, for reward_hacking, from any of:
     - `eval_accuracy` in metrics.jsonl rows (a periodic held-out eval logged with the step)
     - RUN_DIR/eval/*.json (`ponder eval --out RUN_DIR/eval/NAME.json`; quickstart writes
-      before.json and after.json): the step is the file's "step" key, else label/name
-      `before` = step 0, `after` = the last step, `step-N` / `step_N` / `stepN` = step N
+      before.json and after.json): the step is the file's "step" key, else from its label or
+      file name: `step-N` / `step_N` / `stepN` = step N; a word before/base/initial/init/start
+      = step 0; after/final/trained/end/last = the last step
     - RUN_DIR/eval.json of a pipeline stage (the trained model, = the last step), with the
       parent stage's eval.json (manifest.json inputs.parent) as step 0
 
@@ -76,9 +77,9 @@ LOW_STRETCH_MIN_SHARE = 0.10  # a low stretch must last 10% of the run (at least
 # good its reasoning was; 10% sustained skews the advantages. Warn from 3% if rising (creeping).
 TRUNC_PROBLEM, TRUNC_WARN = 0.10, 0.03
 TRUNC_MEAN_LEN = 0.9  # without trunc_rate: a mean length at 90% of the limit means most hit it
-# invalid_verdicts: a working checker never fails; 5% sustained (or one step at 25%) means the
+# invalid_verdicts: a working checker never fails (the quickstart: 0); 2% sustained (or one step at 25%) means the
 # checker, not the model, is shaping the run; any failure at all is worth a warning.
-INVALID_PROBLEM, INVALID_SPIKE = 0.05, 0.25
+INVALID_PROBLEM, INVALID_SPIKE = 0.02, 0.25
 # kl_blowup: k3 KL per token to the starting model. The quickstart's smoothed KL peaks at 0.045
 # (single steps 0.07); 0.5 nats/token, 10x that, means the policy is far from where it started.
 KL_WARN, KL_PROBLEM = 0.2, 0.5
@@ -95,8 +96,14 @@ HACK_MIN_TRAIN_GAIN, HACK_HELDOUT_SHARE = 0.10, 0.25
 # for 20+ steps and half the run, while accuracy sits under 0.8 (the quickstart levels at ~0.88).
 PLATEAU_MIN_STEPS, PLATEAU_SHARE, PLATEAU_MIN_GAIN, PLATEAU_SOLVED = 20, 0.5, 0.02, 0.80
 PLATEAU_STARTS = 50  # candidate stall starts tried (keeps the search linear-ish on long runs)
+# "flat" also means the stretch's thirds agree: within 0.05, or 3 standard errors of a third's mean
+# when steps are noisier (small batches), so a rise followed by a fall is not called flat.
+PLATEAU_THIRDS_TOL, PLATEAU_THIRDS_SE = 0.05, 3.0
 
 EVAL_STEP = re.compile(r"step[-_]?(\d+)$")
+# Words in an eval file's label or name that place it at the start or at the end of the run.
+EVAL_START_WORDS = ("before", "base", "initial", "init", "start")
+EVAL_END_WORDS = ("after", "final", "trained", "end", "last")
 
 
 class DoctorError(ConfigError):
@@ -230,13 +237,14 @@ def _eval_step(ev: dict, stem: str, last_step: int) -> int | None:
         return step
     for name in (str(ev.get("label") or ""), stem):
         name = name.lower()
-        if name == "before":
-            return 0
-        if name == "after":
-            return last_step
         m = EVAL_STEP.search(name)
         if m:
             return int(m.group(1))
+        words = set(re.split(r"[^a-z0-9]+", name))
+        if words & set(EVAL_START_WORDS):
+            return 0
+        if words & set(EVAL_END_WORDS):
+            return last_step
     return None
 
 
@@ -298,6 +306,9 @@ def load_run(run_dir: str | Path) -> Run:
     rows, notes = parse_metrics(text, name)
     if not rows:
         raise DoctorError(f"{name} has no steps (the run has not finished a step yet)")
+    if not any("reward" in r for r in rows.values()):
+        raise DoctorError(f"{name} has no \"reward\" in any step: not an RL run (doctor reads `ponder train` runs; "
+                          "an SFT run logs only its loss)")
     config = read_config(run_dir)
     held, more = read_held_out(run_dir, max(rows))
     held += [HeldOut(s, v, None, f"{name} eval_accuracy") for s, r in sorted(rows.items())
@@ -723,6 +734,22 @@ def check_reward_hacking(run: Run) -> list[Finding]:
     return out
 
 
+def is_flat(xs: list[float], ys: list[float]) -> bool:
+    """No upward trend (fitted gain under PLATEAU_MIN_GAIN) and the three thirds' means agree within
+    noise (per-step noise from successive differences, which a trend does not inflate).
+
+    >>> is_flat(list(range(30)), [0.5, 0.52] * 15), is_flat(list(range(30)), [0.5] * 10 + [0.9] * 10 + [0.5] * 10)
+    (True, False)
+    """
+    if len(ys) < 6 or fitted_gain(xs, ys) >= PLATEAU_MIN_GAIN:
+        return False
+    k = len(ys) // 3
+    thirds = [mean(ys[:k]), mean(ys[k:-k]), mean(ys[-k:])]
+    diffs = [b - a for a, b in zip(ys, ys[1:])]
+    noise = math.sqrt(mean(d * d for d in diffs) / 2)
+    return max(thirds) - min(thirds) <= max(PLATEAU_THIRDS_TOL, PLATEAU_THIRDS_SE * noise / math.sqrt(k))
+
+
 def check_plateau(run: Run) -> list[Finding]:
     """Reward stopped improving for 20+ steps and half the run, below the top."""
     steps, r = series(run, "reward")
@@ -731,7 +758,7 @@ def check_plateau(run: Run) -> list[Finding]:
         return []
     stride = max(1, n // PLATEAU_STARTS)
     for s in range(0, n - PLATEAU_MIN_STEPS + 1, stride):
-        if fitted_gain(steps[s:], r[s:]) < PLATEAU_MIN_GAIN:
+        if is_flat(steps[s:], r[s:]):
             break
     else:
         return []
@@ -741,7 +768,7 @@ def check_plateau(run: Run) -> list[Finding]:
     acc = value_at(run, "accuracy", first, last)
     level = acc if acc is not None else mean(r[s:])
     gain = fitted_gain(steps[s:], r[s:])
-    how = ("never improved" if s == 0 else f"improved until step {first}, then") + \
+    how = ("never improved: it" if s == 0 else f"improved until step {first}, then") + \
         f" stayed flat for {last - first + 1} steps (trend {gain:+.3f}) at {'accuracy' if acc is not None else 'reward'} {level:.2f}"
     if level >= PLATEAU_SOLVED:
         return [Finding("plateau", "info", (first, last), f"reward {how}: converged near the top; later steps "
@@ -787,6 +814,12 @@ def diagnose(run: Run) -> list[Finding]:
     return sorted(deduplicate(findings) + list(run.notes), key=_order)
 
 
+def _is_rl_stage(stage_dir: Path) -> bool:
+    """A pipeline stage doctor can read: it logged steps with a reward (SFT stages log only a loss)."""
+    p = stage_dir / "metrics.jsonl"
+    return p.is_file() and any('"reward"' in line for line in p.read_text(errors="replace").splitlines())
+
+
 def diagnose_dir(run_dir: str | Path) -> list[Finding]:
     """Findings for a run directory; a pipeline run (pipeline.json, no metrics.jsonl) stage by stage."""
     run_dir = Path(run_dir)
@@ -796,9 +829,9 @@ def diagnose_dir(run_dir: str | Path) -> list[Finding]:
         names = info.get("stages") if isinstance(info, dict) else None
         if not isinstance(names, list):
             raise DoctorError("pipeline.json line 1: no \"stages\" list")
-        trained = [str(n) for n in names if (run_dir / str(n) / "metrics.jsonl").is_file()]
+        trained = [str(n) for n in names if _is_rl_stage(run_dir / str(n))]
         if not trained:
-            raise DoctorError(f"pipeline run {str(run_dir)!r}: no stage has a metrics.jsonl yet (stages: "
+            raise DoctorError(f"pipeline run {str(run_dir)!r}: no RL stage has a metrics.jsonl yet (stages: "
                               f"{', '.join(map(str, names))})")
         out = []
         for name in trained:
