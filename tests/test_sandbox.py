@@ -2,7 +2,8 @@
 
 Escape attempts (writing host files, connecting out, fork bombs) run only
 under bwrap, where the host file system is out of reach; the limit tests run
-under both backends.
+under both backends. What the unsafe backend holds and refuses on its own is
+in test_sandbox_fallback.py.
 """
 
 import ast
@@ -13,12 +14,9 @@ import uuid
 
 import pytest
 
-from ponder.verifiers import sandbox
 from ponder.verifiers.sandbox import Limits, Program, SandboxError, run_interactive, run_python
+from sandbox_support import BACKENDS, needs_bwrap, runnable
 
-BWRAP = sandbox.backend() == "bwrap"
-needs_bwrap = pytest.mark.skipif(not BWRAP, reason=f"bwrap does not work here: {sandbox._bwrap_problem()}")
-BACKENDS = ["bwrap", "subprocess"] if BWRAP else ["subprocess"]
 FAST = Limits(cpu_seconds=2, wall_seconds=3, memory_mb=512, max_processes=16, max_file_mb=1)
 
 
@@ -44,20 +42,23 @@ def processes_with(marker: str) -> list[int]:
 # ------------------------------------------------------------ plain runs and limits
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_runs_a_program_with_stdin_and_exit_code(backend):
+def test_runs_a_program_with_stdin_and_exit_code(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     result = run("import sys\nprint(input()[::-1])\nsys.exit(3)", backend, stdin="abc\n")
     assert (result.returncode, result.stdout, result.timed_out, result.truncated) == (3, "cba\n", False, False)
     assert result.backend.startswith(backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_other_code_files_are_importable(backend):
+def test_other_code_files_are_importable(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     files = {"main.py": "from helper import twice\nprint(twice(21))", "helper.py": "def twice(x):\n    return 2 * x\n"}
     assert run_python(files, "main.py", FAST, backend=backend).stdout == "42\n"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sleep_forever_is_killed_at_the_wall_limit(backend):
+def test_sleep_forever_is_killed_at_the_wall_limit(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     limits = Limits(wall_seconds=1.0)
     start = time.monotonic()
     result = run("import time\ntime.sleep(10**9)", backend, limits)
@@ -66,14 +67,16 @@ def test_sleep_forever_is_killed_at_the_wall_limit(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_busy_loop_is_killed_at_the_cpu_limit(backend):
+def test_busy_loop_is_killed_at_the_cpu_limit(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     result = run("while True:\n    pass", backend, Limits(cpu_seconds=1, wall_seconds=10))
     assert not result.timed_out and result.returncode in (128 + 9, 128 + 24)  # SIGKILL or SIGXCPU
     assert result.wall_seconds < 5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_allocating_64_gib_fails_inside_the_limit(backend):
+def test_allocating_64_gib_fails_inside_the_limit(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     result = run("buffer = bytearray(64 << 30)\nprint('allocated')", backend)
     assert result.returncode != 0 and "allocated" not in result.stdout
     assert "MemoryError" in result.stderr
@@ -81,7 +84,8 @@ def test_allocating_64_gib_fails_inside_the_limit(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_endless_print_is_truncated_at_one_mib(backend):
+def test_endless_print_is_truncated_at_one_mib(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     result = run("while True:\n    print('x' * 1000)", backend, Limits(wall_seconds=10))
     assert result.truncated and not result.timed_out
     assert 0 < len(result.stdout.encode()) <= 1 << 20
@@ -89,7 +93,8 @@ def test_endless_print_is_truncated_at_one_mib(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_writing_a_big_file_fails_at_the_file_size_limit(backend):
+def test_writing_a_big_file_fails_at_the_file_size_limit(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     code = "f = open('big', 'wb')\ntry:\n    f.write(b'x' * (4 << 20)); f.flush()\nexcept OSError as e:\n    print(e.errno)"
     assert run(code, backend).stdout.strip() == "27"  # EFBIG
 
@@ -99,15 +104,17 @@ def test_limits_are_validated_with_the_bad_value_named():
         Limits(memory_mb=8)
     with pytest.raises(ValueError, match="max_processes"):
         Limits(max_processes=2.5)
-    with pytest.raises(ValueError, match="backend 'docker'"):
+    with pytest.raises(ValueError, match="sandbox 'docker' is not one of auto, bwrap, unsafe-subprocess"):
         run_python({"main.py": ""}, "main.py", backend="docker")
 
 
+@needs_bwrap
 def test_main_must_be_one_of_the_files():
     with pytest.raises(SandboxError, match="main.py"):
         run_python({"other.py": ""}, "main.py", FAST)
 
 
+@needs_bwrap
 def test_paths_may_not_leave_the_sandbox_dir():
     with pytest.raises(SandboxError, match="inside the sandbox"):
         run_python({"main.py": "", "../evil.py": ""}, "main.py", FAST)
@@ -257,7 +264,8 @@ for line in reader:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_interactor_and_program_talk_over_pipes(backend):
+def test_interactor_and_program_talk_over_pipes(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
     program, interactor = run_interactive(Program({"p.py": PROGRAM}, "p.py"), Program({"i.py": INTERACTOR}, "i.py"),
                                           FAST, backend=backend)
     assert interactor.stdout == "verdict True\n", interactor.stderr

@@ -13,20 +13,26 @@ process:
    pipe. It never sees the tests: they are not in its sandbox.
 2. The tests run in a second, separate sandbox (``code_harness.py referee``),
    in a namespace where each of the solution's functions is a proxy that
-   calls across the pipe. Return values cross as exact built-in types only
+   calls across the pipe. The tests reach it on its stdin, never as a file
+   or on a command line. Return values cross as exact built-in types only
    (see ``code_harness.encode``), so objects with a rigged ``__eq__`` never
    reach the asserts, and whatever the solution patches, patches only its
    own process.
-3. The referee prints ``PONDER-RESULT <nonce> {...}`` after the tests
-   *return*. The nonce is made here per run and exists only in the referee's
-   sandbox. No such line (the solution exited, hung, crashed the tests) is
-   never a pass.
+3. The referee writes ``PONDER-RESULT <nonce> {...}`` after the tests
+   *return*, to a report pipe that only the referee holds: what anyone
+   prints on stdout is not read. The nonce is made here per run and reaches
+   only the referee (on its stdin). No such line (the solution exited, hung,
+   crashed the tests) is never a pass.
+
+Code runs only in a real sandbox (bubblewrap): without one, every verdict is
+``invalid`` with a reason saying how to install it, unless the caller opts
+in to ``backend="unsafe-subprocess"`` (see ``ponder/verifiers/sandbox.py``).
 
 Status: ``correct`` when the tests return; ``wrong`` for everything the
 solution can cause (a failed assert, an exception, an early exit, a timeout,
 a value that is not plain data, a syntax error); ``invalid`` only when the
 verifier itself failed (the sandbox would not start, the tests do not
-compile, the tests passed something the harness cannot send).
+compile, the tests passed something the harness cannot send, no sandbox).
 
 Limits of the design: arguments are copies, so tests that check in-place
 mutation of an argument cannot pass; a function returning a generator or a
@@ -65,18 +71,21 @@ def verify_code(solution: str, tests: str, limits: Limits = Limits(), entry_poin
     problem = _compile_error(tests, "tests") or _compile_error(helpers, "helpers")
     if problem:
         return invalid(problem)
+    checked = _checked_name(ast.parse(tests))
     if entry_point is None:
         entry_point = infer_entry_point(solution, tests)
     nonce = secrets.token_hex(16)
     candidate = Program({"harness.py": _HARNESS, "solution.py": solution}, "harness.py",
                         args=("candidate", "solution.py"))
-    referee = Program({"harness.py": _HARNESS, "tests.py": tests, "helpers.py": helpers}, "harness.py",
-                      args=("referee", "tests.py", "helpers.py", entry_point or "", nonce))
+    private = {"tests": tests, "helpers": helpers, "entry_point": entry_point or "", "nonce": nonce,
+               "calls_check": checked is not None and checked == entry_point}
+    referee = Program({"harness.py": _HARNESS}, "harness.py", stdin=json.dumps(private),
+                      args=("referee",), report=True)
     try:
         solution_run, referee_run = sandbox.run_interactive(candidate, referee, limits, backend=backend)
     except SandboxError as exc:
         return invalid(f"sandbox failure: {exc}")
-    result = _referee_result(referee_run.stdout, nonce)
+    result = _referee_result(referee_run.report, nonce)
     if result is not None:
         status, reason = result
         if status == "pass":
@@ -120,22 +129,45 @@ def verify_io(solution: str, cases: list[tuple[str, str]], limits: Limits = Limi
 
 
 def infer_entry_point(solution: str, tests: str) -> str | None:
-    """The function `check()` should get: the last top-level function of the
-    solution that the tests do not call by name (tests call helpers such as
+    """The function `check()` should get.
+
+    A tests file that calls ``check(name)`` at top level (HumanEval's own
+    files end so) names it. Otherwise: the last top-level function of the
+    solution that the tests do not mention (tests call helpers such as
     HumanEval's `encode_cyclic` directly, and the entry point only as
     `candidate`). None if the solution does not parse or defines no function.
 
     >>> infer_entry_point("def enc(s): ...\\ndef dec(s): ...", "def check(c):\\n    assert c(enc('a')) == 'a'")
     'dec'
+    >>> infer_entry_point("def is_pal(s): ...\\ndef make_pal(s): ...", "def check(c): ...\\ncheck(make_pal)")
+    'make_pal'
     """
+    try:
+        tests_tree = ast.parse(tests)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tests_tree = None  # reported as invalid by the caller
+    named = _checked_name(tests_tree) if tests_tree is not None else None
+    if named:
+        return named
     try:
         functions = [node.name for node in ast.parse(solution).body
                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        used = {node.id for node in ast.walk(ast.parse(tests)) if isinstance(node, ast.Name)}
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None  # a solution that does not parse fails in the sandbox, with the reason
+    used = {node.id for node in ast.walk(tests_tree) if isinstance(node, ast.Name)} if tests_tree else set()
     unused = [name for name in functions if name not in used]
     return (unused or functions or [None])[-1]
+
+
+def _checked_name(tests_tree: ast.Module) -> str | None:
+    """NAME in the tests' last top-level ``check(NAME)`` statement, if any."""
+    named = None
+    for node in tests_tree.body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "check"
+                and len(call.args) == 1 and not call.keywords and isinstance(call.args[0], ast.Name)):
+            named = call.args[0].id
+    return named
 
 
 def normalize_output(text: str) -> str:
@@ -199,9 +231,10 @@ EXIT_CODES = {"correct": 0, "wrong": 1, "invalid": 2}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`ponder verify code --solution FILE --tests FILE [--entry-point NAME] [--json]`.
+    """`ponder verify code --solution FILE --tests FILE [--entry-point NAME] [--json] [--unsafe-sandbox]`.
 
-    Exit 0 if correct, 1 if wrong, 2 if invalid or the input is bad.
+    Says on stderr which sandbox runs the code. Exit 0 if correct, 1 if
+    wrong, 2 if invalid (no sandbox included) or the input is bad.
     """
     parser = argparse.ArgumentParser(prog="ponder verify code",
                                      description="Run a Python solution against unit tests in a sandbox.")
@@ -210,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entry-point", default=None, help="function passed to check() (default: inferred)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: score, status, reason")
     parser.add_argument("--wall-seconds", type=float, default=Limits.wall_seconds, help="wall-clock limit")
+    parser.add_argument("--unsafe-sandbox", action="store_true",
+                        help="without bubblewrap, run the code in a plain subprocess anyway (NOT isolated; warns)")
     args = parser.parse_args(argv)
+    backend = sandbox.UNSAFE if args.unsafe_sandbox else "auto"
     sources = {}
     for flag, path in (("--solution", args.solution), ("--tests", args.tests)):
         try:
@@ -224,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    verdict = verify_code(sources["--solution"], sources["--tests"], limits, args.entry_point)
+    print(sandbox.describe(backend), file=sys.stderr, flush=True)  # before any code runs
+    verdict = verify_code(sources["--solution"], sources["--tests"], limits, args.entry_point, backend=backend)
     print(_format(verdict, args.json))
     return EXIT_CODES[verdict.status]
 

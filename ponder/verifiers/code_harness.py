@@ -4,10 +4,12 @@ This file is copied into two separate sandboxes (see ``ponder/verifiers/code.py`
 
 * ``python harness.py candidate SOLUTION READ_FD WRITE_FD`` runs the untrusted
   solution and then serves calls to the functions it defined;
-* ``python harness.py referee TESTS HELPERS ENTRY_POINT NONCE READ_FD WRITE_FD`` runs
+* ``python harness.py referee REPORT_FD READ_FD WRITE_FD`` reads its private
+  input -- a JSON object with the tests, the helpers, the entry point and a
+  nonce -- from stdin (so none of it is on a command line or in a file), runs
   the tests, with every name the solution defined replaced by a proxy that
-  calls across the pipe, and prints ``PONDER-RESULT <nonce> {json}`` after
-  the tests return.
+  calls across the pipe, and writes ``PONDER-RESULT <nonce> {json}`` to
+  REPORT_FD, a pipe only it holds, after the tests return.
 
 Values cross the pipe as tagged JSON of exact built-in types (``type(v) is
 int``, not ``isinstance``), so a candidate can only ever hand the tests an
@@ -279,7 +281,7 @@ def test_globals(channel, entries, entry_point):
     return namespace
 
 
-def run_tests(channel, tests_source, entry_point, helpers_source=""):
+def run_tests(channel, tests_source, entry_point, helpers_source="", calls_check=False):
     """("pass" | "fail" | "gone" | "error", reason). Only a return from the tests is a pass.
 
     "gone": the solution's process ended; "error": the tests asked for the impossible.
@@ -287,6 +289,8 @@ def run_tests(channel, tests_source, entry_point, helpers_source=""):
     `helpers_source` is trusted code run in the tests' namespace first, so
     that helpers the tests call (HumanEval's `poly`, `encode_cyclic`) are the
     problem's own, not versions the solution redefined to please the tests.
+    `calls_check`: the tests end in their own ``check(name)`` call (HumanEval's
+    files do), so the harness does not call it a second time.
     """
     try:
         hello = channel.receive()
@@ -313,7 +317,8 @@ def run_tests(channel, tests_source, entry_point, helpers_source=""):
                 return "fail", "the solution defines no function for check() to test"
             if entries.get(entry_point, [None])[0] not in ("function", "callable"):
                 return "fail", f"the solution does not define a function named {entry_point!r}"
-            check(namespace[entry_point])
+            if not calls_check:
+                check(namespace[entry_point])
     except HarnessError as exc:
         return "error", str(exc)
     except CandidateGone as exc:
@@ -327,24 +332,40 @@ def run_tests(channel, tests_source, entry_point, helpers_source=""):
     return "pass", "all tests passed"
 
 
-def referee(tests_path, helpers_path, entry_point, nonce, channel):
-    with open(tests_path, encoding="utf-8") as f:
-        tests_source = f.read()
-    with open(helpers_path, encoding="utf-8") as f:
-        helpers_source = f.read()
+def make_undumpable():
+    """Best effort: no other process of our uid may read our memory or open our fds via /proc.
+
+    Matters in the unsafe backend without root, where the solution runs as
+    our uid: /proc/<pid>/fd/<report> would otherwise let it write the result.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
+def referee(private, report_fd, channel):
+    """Run the tests given in `private` (the parsed stdin) and write the result to `report_fd`."""
+    tests_source, helpers_source = private["tests"], private["helpers"]
     # What the tests print is dropped: it could include the candidate's answers,
     # and a flood would end this process before it can report.
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        status, reason = run_tests(channel, tests_source, entry_point, helpers_source)
-    print(f"\n{RESULT_TAG} {nonce} {json.dumps({'status': status, 'reason': reason})}", flush=True)
+        status, reason = run_tests(channel, tests_source, private["entry_point"], helpers_source,
+                                   private.get("calls_check", False))
+    line = f"{RESULT_TAG} {private['nonce']} {json.dumps({'status': status, 'reason': reason})}\n"
+    with os.fdopen(report_fd, "w", encoding="utf-8") as report:
+        report.write(line)
 
 
 if __name__ == "__main__":
     role, rest = sys.argv[1], sys.argv[2:]
-    link = Channel(int(rest[-2]), int(rest[-1]))
-    if role == "candidate":
-        serve_candidate(rest[0], link)
-    elif role == "referee":
-        referee(rest[0], rest[1], rest[2], rest[3], link)
+    if role == "referee":
+        make_undumpable()
+        secrets_in = json.loads(sys.stdin.read())
+        sys.stdin.close()
+        referee(secrets_in, int(rest[0]), Channel(int(rest[1]), int(rest[2])))
+    elif role == "candidate":
+        serve_candidate(rest[0], Channel(int(rest[-2]), int(rest[-1])))
     else:
         raise SystemExit(f"unknown role {role!r}; expected 'candidate' or 'referee'")

@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ponder.core.config import ConfigError, build, check_choices, load_toml, option
-from ponder.tasks.base import Example, answer_text
+from ponder.core.think import answer_text
+from ponder.tasks.base import Example
 from ponder.core.verdict import Verdict, correct, invalid, wrong
+from ponder.verifiers.sandbox import BACKENDS as SANDBOXES
 
 # ------------------------------------------------------------ (a) user functions
 
@@ -280,6 +282,11 @@ class CodeTestsGrader:
     wall_seconds: float = option(20.0, "wall-clock limit for one run")
     cpu_seconds: float = option(10.0, "CPU-time limit per process")
     memory_mb: int = option(1024, "address-space limit per process")
+    sandbox: str = option("auto", "auto: bubblewrap, refused without it; unsafe-subprocess: run unsandboxed "
+                          "anyway (warns)", choices=SANDBOXES)
+
+    def __post_init__(self):
+        check_choices(self)
 
     def grade(self, completion: str, example: Example) -> Verdict:
         from ponder.verifiers.sandbox import Limits
@@ -293,7 +300,7 @@ class CodeTestsGrader:
             return invalid(f"example {example.id!r} has no tests (set `tests`/`tests_file` or info['tests'])")
         entry = self.entry_point or example.info.get("entry_point") or None
         limits = Limits(cpu_seconds=self.cpu_seconds, wall_seconds=self.wall_seconds, memory_mb=self.memory_mb)
-        return verify_code(code_of(ans), tests, limits, entry_point=entry)
+        return verify_code(code_of(ans), tests, limits, entry_point=entry, backend=self.sandbox)
 
 
 @dataclass(frozen=True)

@@ -1,36 +1,57 @@
-"""Run untrusted Python with limits: bubblewrap when it works, else a plain subprocess.
+"""Run untrusted Python with limits: under bubblewrap, or not at all.
 
-Two backends, picked once per process by probing (`backend()`):
+Backends (the ``sandbox`` / ``backend`` setting, `BACKENDS`):
 
 * ``bwrap`` (Debian package ``bubblewrap``). The program sees a fresh root:
   ``/usr``, ``/etc`` and the interpreter's prefix read-only, its own files in a
-  writable ``/sandbox`` (a host temp dir), nothing else of the host -- no home,
-  no project checkout, no other temp files. It gets its own network namespace
-  (loopback only, nothing listening), pid, ipc and uts namespaces. Killing
-  bwrap kills the sandbox's pid 1 (``--die-with-parent``), and the kernel then
-  kills every process left in that pid namespace, so nothing outlives a run.
-  Site-packages are hidden unless asked for: a verifier's own data (HumanEval's
-  problems ship inside a package) must not be readable by the candidate.
-* ``subprocess``: the program runs in its own session with the same rlimits
-  and the whole process group is killed at the end. Best effort only: the
-  host file system is protected by Unix permissions alone (the program runs
-  as a fresh unprivileged uid when we are root and the interpreter is
-  readable by it, else as us), a process that calls ``setsid`` escapes the
-  group kill, and the network is cut only if an unprivileged network
-  namespace can be made (``RunResult.backend`` says ``subprocess+net`` then).
+  writable ``/sandbox`` (a private host temp dir), nothing else of the host --
+  no home, no project checkout, no other temp files. It gets its own network
+  namespace (loopback only, nothing listening), pid, ipc and uts namespaces.
+  Killing bwrap kills the sandbox's pid 1 (``--die-with-parent``), and the
+  kernel then kills every process left in that pid namespace, so nothing
+  outlives a run. Site-packages are hidden unless asked for: a verifier's own
+  data (HumanEval's problems ship inside a package) must not be readable by
+  the candidate.
+* ``auto`` (the default) is ``bwrap`` when it works here, and otherwise
+  *refuses*: `SandboxError` naming bubblewrap and how to install it, which
+  the verifiers turn into an ``invalid`` verdict. Untrusted code is never run
+  unsandboxed behind the user's back.
+* ``unsafe-subprocess``: an explicit opt-in to a plain subprocess, with a
+  warning on stderr (once per process, so on every ``ponder`` run). As strong
+  as a plain subprocess can be, and no more. What it holds: each program runs
+  in its own session (process group) with the rlimits below, in a private
+  ``mkdtemp`` folder (mode 0700, random name, files 0600); when we are root
+  it runs as a fresh unprivileged uid per run (``setgroups([])``), so it can
+  read neither another sandbox's files nor ours, cannot signal or trace our
+  processes or the other sandbox, and RLIMIT_NPROC counts that run alone;
+  after the run every process of that uid is killed (``kill(-1)`` as the
+  uid, which also catches a ``setsid`` escape) and checked gone. Nothing
+  secret is ever on a command line: the bootstrap's spec arrives on a pipe,
+  and a program's private input comes on its stdin. A program may report on
+  a private pipe of its own (`Program.report`), which the other sandbox does
+  not hold, so printing a forged result line proves nothing. Network: cut
+  when a network namespace can be made (``RunResult.backend`` says
+  ``unsafe-subprocess+net``). What it does not hold: the program sees the
+  host file system (it can read world-readable files and write world-writable
+  folders such as /tmp), and without root it runs as *your* uid -- it can
+  then signal or read your processes and files, so processes it detaches are
+  found by an environment marker only. Root whose interpreter an
+  unprivileged uid cannot run (a pyenv under /root) is refused: running the
+  candidate as root is never an option.
 
-In both, a small trusted bootstrap runs first: it sets the rlimits (CPU
-seconds, address space, processes, file size, no core files), drops to a
-fresh uid when we are root -- RLIMIT_NPROC is not enforced for uid 0, and a
-per-run uid also makes the count per run -- reports on a private pipe that
-the sandbox came up, and ``exec``s the program. Output is read incrementally
-and a stream that passes ``max_output_bytes`` ends the run (``truncated``),
-so an endless print costs at most that much memory.
+In both, a small trusted bootstrap runs first: it reads its spec from a pipe,
+sets the rlimits (CPU seconds, address space, processes, file size, no core
+files), drops to the fresh uid when we are root -- RLIMIT_NPROC is not
+enforced for uid 0 -- reports on a private pipe that the sandbox came up,
+and ``exec``s the program. Output is read incrementally and a stream that
+passes ``max_output_bytes`` ends the run (``truncated``), so an endless print
+costs at most that much memory.
 
 `run_python` runs one program. `run_interactive` runs a program next to an
 *interactor* in a second, separate sandbox, joined by two pipes -- the set-up
 a judge uses for interactive problems, and how the code verifier keeps the
 tests out of the candidate's process (see ``ponder/verifiers/code.py``).
+`describe` is the one line a command prints at start-up about the sandbox.
 """
 
 from __future__ import annotations
@@ -47,21 +68,28 @@ import subprocess
 import sysconfig
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
-BACKENDS = ("auto", "bwrap", "subprocess")
+BACKENDS = ("auto", "bwrap", "unsafe-subprocess")
+UNSAFE = "unsafe-subprocess"
+INSTALL_HINT = "install bubblewrap (apt-get install bubblewrap)"
+OPT_IN_HINT = ('or opt in to an unsandboxed subprocess with sandbox = "unsafe-subprocess" '
+               '(ponder verify code: --unsafe-sandbox)')
 MIB = 1 << 20
 _READ_CHUNK = 1 << 16
+_REPORT_CAP = 1 << 16  # bytes kept of a program's report pipe
 # Sandboxes run as a random uid from this range (when we are root), so that
-# RLIMIT_NPROC counts the processes of one run only. It is far above the uids
-# any distribution hands out.
+# RLIMIT_NPROC counts the processes of one run only and "every process of
+# this uid" means "every process of this run". Far above any distribution's uids.
 _UID_RANGE = (1 << 24, 1 << 30)
 _SANDBOX_DIR = "/sandbox"  # where the program's files appear under bwrap
+_RUN_MARKER = "PONDER_SANDBOX_RUN"  # environment marker of a run's processes (unsafe backend, not root)
 
 
 class SandboxError(RuntimeError):
-    """The sandbox itself failed (not the program): bwrap missing or broken, bad limits."""
+    """The sandbox itself failed or is refused (not the program): no bwrap, bad limits."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +122,8 @@ class RunResult:
     timed_out: bool  # killed at the wall limit
     truncated: bool  # a stream passed max_output_bytes and the run was ended
     wall_seconds: float
-    backend: str  # "bwrap", "subprocess" or "subprocess+net"
+    backend: str  # "bwrap", "unsafe-subprocess" or "unsafe-subprocess+net"
+    report: str = ""  # what the program wrote to its report pipe (Program.report), at most 64 KiB
 
     @property
     def ok(self) -> bool:
@@ -105,10 +134,11 @@ class RunResult:
 class Program:
     files: dict = field(default_factory=dict)  # relative path -> source text
     main: str = "main.py"  # the file to run, one of `files`
-    stdin: str = ""
-    args: tuple = ()  # extra argv after the script
-    site_packages: bool = False  # let the program import installed third-party packages
+    stdin: str = ""  # also the place for private input: it is on no command line and in no file
+    args: tuple = ()  # extra argv after the script (visible to every process: nothing secret)
+    site_packages: bool = False  # let the program import installed third-party packages (bwrap)
     read_only: tuple = ()  # host paths the program may read, at the same path (bwrap: read-only)
+    report: bool = False  # give it a private pipe to report on: its fd is the next argv after `args`
 
 
 def run_python(code_files: dict[str, str], main: str, limits: Limits = Limits(),
@@ -117,10 +147,11 @@ def run_python(code_files: dict[str, str], main: str, limits: Limits = Limits(),
     """Run `main` (one of `code_files`) with `python -E -s` in a sandbox; see the module doc.
 
     `read_only` lists host paths to show the program at the same place; under
-    bwrap they are read-only binds (the subprocess backend cannot enforce that).
+    bwrap they are read-only binds (the unsafe backend cannot enforce that).
 
-    Raises SandboxError when the sandbox cannot run at all; anything the
-    program does (crash, timeout, flood) is reported in the RunResult.
+    Raises SandboxError when the sandbox cannot run (or is refused: no
+    bubblewrap and no opt-in); anything the program does (crash, timeout,
+    flood) is reported in the RunResult.
     """
     program = Program(dict(code_files), main, stdin, (), site_packages, tuple(read_only))
     return _run([program], limits, _pick_backend(backend), links=False)[0]
@@ -130,30 +161,77 @@ def run_interactive(program: Program, interactor: Program, limits: Limits = Limi
                     backend: str = "auto") -> tuple[RunResult, RunResult]:
     """Run `program` and `interactor` in two separate sandboxes joined by pipes.
 
-    Each side gets two extra arguments after its own `args`: the fd it reads
-    the other side from and the fd it writes to. Neither can see the other's
-    files or processes. The run ends when the interactor exits (the program is
-    then killed) or at the wall limit. Returns (program result, interactor result).
+    Each side gets extra arguments after its own `args` (and its report fd,
+    if it asked for one): the fd it reads the other side from and the fd it
+    writes to. Neither can see the other's files or processes. The run ends
+    when the interactor exits (the program is then killed) or at the wall
+    limit. Returns (program result, interactor result).
     """
     return tuple(_run([program, interactor], limits, _pick_backend(backend), links=True))
 
 
 # ---------------------------------------------------------------- backend choice
 
-def _pick_backend(requested: str) -> str:
+def check_backend(requested: str) -> str:
+    """`requested` if it is a backend name, else ValueError naming the valid ones."""
     if requested not in BACKENDS:
-        raise ValueError(f"backend {requested!r} is not one of {BACKENDS}")
-    if requested == "auto":
-        return backend()
-    if requested == "bwrap" and not _bwrap_works():
-        raise SandboxError("bwrap was asked for but does not work here "
-                           f"({_bwrap_problem()}); install the 'bubblewrap' package")
+        raise ValueError(f"sandbox {requested!r} is not one of {', '.join(BACKENDS)}")
     return requested
 
 
+def _pick_backend(requested: str) -> str:
+    """The backend to run with; SandboxError when none may run (see the module doc)."""
+    if check_backend(requested) == UNSAFE:
+        problem = _fallback_problem(_python())
+        if problem:
+            raise SandboxError(f"the unsafe-subprocess sandbox cannot run here: {problem}; {INSTALL_HINT}")
+        _warn_unsafe()
+        return UNSAFE
+    if not _bwrap_works():
+        raise SandboxError(f"no sandbox: bubblewrap does not work here ({_bwrap_problem()}), "
+                           f"and untrusted code is not run without one; {INSTALL_HINT}, {OPT_IN_HINT}")
+    return "bwrap"
+
+
 def backend() -> str:
-    """The backend "auto" resolves to: "bwrap" if it works here, else "subprocess"."""
-    return "bwrap" if _bwrap_works() else "subprocess"
+    """What "auto" resolves to: "bwrap" if it works here, else "none" (auto then refuses)."""
+    return "bwrap" if _bwrap_works() else "none"
+
+
+def describe(backend: str = "auto") -> str:
+    """One line saying which sandbox runs code with `backend`, for a command to print at start-up.
+
+    >>> describe("auto").startswith("sandbox: ")
+    True
+    """
+    if check_backend(backend) == UNSAFE:
+        problem = _fallback_problem(_python())
+        if problem:
+            return f"sandbox: unsafe-subprocess was asked for but cannot run: {problem}; {INSTALL_HINT}"
+        who = ("a fresh unprivileged uid per run" if os.geteuid() == 0 else
+               f"your own uid {os.getuid()}, so it can signal your processes and read your files")
+        return (f"sandbox: UNSAFE plain subprocess (opted in): untrusted code runs as {who}, "
+                f"sees the host file system and may write to /tmp; {INSTALL_HINT} to isolate it")
+    if _bwrap_works():
+        return (f"sandbox: bubblewrap ({_bwrap_version()}): read-only system, private files, "
+                "no network, own pid namespace")
+    return (f"sandbox: none -- code verification is refused (verdict invalid): {_bwrap_problem()}; "
+            f"{INSTALL_HINT}, {OPT_IN_HINT}")
+
+
+_warned = threading.Event()
+
+
+def _warn_unsafe() -> None:
+    """Once per process, so every `ponder` run that runs unsandboxed code says so."""
+    if not _warned.is_set():
+        _warned.set()
+        print(f"ponder: WARNING: {describe(UNSAFE)}", file=sys.stderr, flush=True)
+
+
+def _python() -> str:
+    """The interpreter the sandboxes run (ours, without the venv's symlink)."""
+    return os.path.realpath(sys.executable)
 
 
 def _bwrap_works() -> bool:
@@ -168,33 +246,71 @@ def _bwrap_problem() -> str:
     try:
         result = _run([Program({"main.py": "print('ok')"})], Limits(wall_seconds=20), "bwrap", False)[0]
     except (SandboxError, OSError) as exc:
-        return f"probe failed: {exc}"
+        return f"bwrap probe failed: {exc}"
     if result.stdout.strip() != "ok":
-        return f"probe printed {result.stdout[-200:]!r}, stderr {result.stderr[-300:]!r}"
+        return f"bwrap probe printed {result.stdout[-200:]!r}, stderr {result.stderr[-300:]!r}"
     return ""
 
 
 @functools.lru_cache(maxsize=None)
-def _fallback_can_drop_uid() -> bool:
-    """Root without bwrap: can the interpreter run as an unprivileged uid (is it readable)?"""
+def _bwrap_version() -> str:
+    try:
+        return subprocess.run(["bwrap", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "bwrap"
+
+
+@functools.lru_cache(maxsize=None)
+def _fallback_problem(python: str) -> str:
+    """Why the unsafe backend cannot run `python` here ("" if it can).
+
+    As root it must run the program as an unprivileged uid, so that uid has
+    to be able to run the interpreter (every parent folder searchable).
+    """
     if os.geteuid() != 0:
-        return False
+        return ""
     uid = _fresh_uid()
     try:
-        proc = subprocess.run([sys.executable, "-I", "-c", "pass"], user=uid, group=uid, extra_groups=[],
+        proc = subprocess.run([python, "-I", "-S", "-c", "pass"], user=uid, group=uid, extra_groups=[],
                               cwd="/", capture_output=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0
+    except (OSError, subprocess.SubprocessError) as exc:
+        proc = None
+        reason = str(exc)
+    if proc is not None and proc.returncode == 0:
+        return ""
+    closed = [p for p in _parents(python) if os.path.isdir(p) and not os.stat(p).st_mode & 0o001]
+    reason = f"folder {closed[0]} is not searchable by others" if closed else (
+        proc.stderr.decode("utf-8", "replace")[-200:].strip() if proc is not None else reason)
+    return (f"we are root, and the program must then run as an unprivileged uid, which cannot run "
+            f"the interpreter {python} ({reason})")
+
+
+def _parents(path: str) -> list[str]:
+    """`path`'s parent folders, from the top down (not / itself)."""
+    parents = []
+    parent = os.path.dirname(path)
+    while parent not in ("/", ""):
+        parents.append(parent)
+        parent = os.path.dirname(parent)
+    return parents[::-1]
 
 
 # ---------------------------------------------------------------- the run itself
 
 # Runs first inside the sandbox, as trusted code: rlimits, uid drop, report, exec.
-# argv[1] is a JSON spec. It is ours; the program only starts at the execv.
+# argv[1] is the fd of a pipe holding its JSON spec (nothing on the command
+# line). It is ours; the program only starts at the execv.
 _BOOTSTRAP = r"""
 import json, os, resource, sys
-spec = json.loads(sys.argv[1])
+spec_fd = int(sys.argv[1])
+chunks = []
+while True:
+    chunk = os.read(spec_fd, 65536)
+    if not chunk:
+        break
+    chunks.append(chunk)
+os.close(spec_fd)
+spec = json.loads(b"".join(chunks))
 status = spec["status_fd"]
 try:
     for name, soft, hard in spec["rlimits"]:
@@ -211,6 +327,8 @@ try:
         os.setgroups([])
         os.setgid(spec["uid"])
         os.setuid(spec["uid"])
+        if os.getuid() == 0 or os.geteuid() == 0 or os.getgroups():
+            raise OSError("the uid drop did not take")
     os.set_inheritable(status, False)
     os.write(status, b"net " if spec.get("net") else b"ok ")
     os.execv(spec["argv"][0], spec["argv"])
@@ -235,25 +353,28 @@ def _rlimits(limits: Limits) -> list:
     ]
 
 
-def _nproc_limit(limits: Limits, uid: int | None, backend: str) -> int | None:
+def _nproc_limit(limits: Limits, uid: int | None, backend: str) -> int:
     """RLIMIT_NPROC counts all processes of the real uid (per user namespace)."""
-    if uid is not None or (backend == "bwrap" and os.geteuid() != 0):
+    if uid is not None or backend == "bwrap":
         return limits.max_processes  # a fresh uid, or a fresh user namespace: the count is ours
-    if os.geteuid() == 0:
-        return None  # not enforced for root; the wall limit and the group kill contain a fork bomb
     # Same uid as us: leave room for the processes we already have.
-    return limits.max_processes + _count_processes_of(os.getuid())
+    return limits.max_processes + len(_pids_of_uid(os.getuid()))
 
 
-def _count_processes_of(uid: int) -> int:
-    count = 0
+def _pids_of_uid(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is `uid`."""
+    pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                count += os.stat(f"/proc/{entry}").st_uid == uid
-            except OSError:
-                continue  # exited meanwhile
-    return count
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[b"Uid"].split()[0]) == uid and not fields[b"State"].strip().startswith(b"Z"):
+            pids.append(int(entry))
+    return pids
 
 
 def _python_roots() -> list[str]:
@@ -312,28 +433,25 @@ def _parent_dirs(path: str) -> list[str]:
     bwrap copies the modes of the parents it creates; /root is 0700, and a
     dropped uid must be able to walk down to, say, a pyenv interpreter.
     """
-    parents = []
-    parent = os.path.dirname(path)
-    while parent not in ("/", ""):
-        parents.append(parent)
-        parent = os.path.dirname(parent)
-    return [arg for parent in reversed(parents) for arg in ("--perms", "0755", "--dir", parent)]
+    return [arg for parent in _parents(path) for arg in ("--perms", "0755", "--dir", parent)]
 
 
-def _environment(home: str) -> dict:
+def _environment(home: str, marker: str) -> dict:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home,
-            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+            _RUN_MARKER: marker}
 
 
 def _write_files(workdir: str, files: dict, uid: int | None) -> None:
+    """The program's files, readable by its uid alone (0600 in 0700 folders)."""
     for rel, text in files.items():
         if not isinstance(rel, str) or not isinstance(text, str):
             raise SandboxError(f"code_files must map str paths to str sources, got {rel!r}: {type(text).__name__}")
         path = os.path.normpath(os.path.join(workdir, rel))
         if os.path.isabs(rel) or not path.startswith(workdir + os.sep):
             raise SandboxError(f"code file path {rel!r} must be relative and stay inside the sandbox dir")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
             f.write(text)
     if uid is not None:
         for dirpath, dirnames, filenames in os.walk(workdir):
@@ -346,69 +464,147 @@ class _Proc:
     """One launched sandbox, and what we have read from it so far (mutable, private)."""
     popen: subprocess.Popen
     status_r: int
+    report_r: int | None
     workdir: str
     backend: str
+    uid: int | None  # the fresh uid it runs as (we are root), else None: our own
+    marker: str  # the value of _RUN_MARKER in its environment
     out: bytearray = field(default_factory=bytearray)
     err: bytearray = field(default_factory=bytearray)
     status: bytearray = field(default_factory=bytearray)
+    report: bytearray = field(default_factory=bytearray)
     truncated: bool = False
     timed_out: bool = False
     ended: float | None = None
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe that holds `data` and then EOF (data must fit the pipe buffer)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, data)
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 def _launch(program: Program, limits: Limits, backend: str, extra_fds: tuple) -> _Proc:
     if program.main not in program.files:
         raise SandboxError(f"main file {program.main!r} is not one of the code files {sorted(program.files)}")
     as_root = os.geteuid() == 0
-    drop_uid = as_root and (backend == "bwrap" or _fallback_can_drop_uid())
-    uid = _fresh_uid() if drop_uid else None
-    workdir = os.path.realpath(tempfile.mkdtemp(prefix="ponder-sandbox-"))
+    uid = _fresh_uid() if as_root else None  # root never runs a program as itself
+    workdir = os.path.realpath(tempfile.mkdtemp(prefix="ponder-"))  # mode 0700, unpredictable name
     _write_files(workdir, program.files, uid)
     if uid is not None:
         os.chown(workdir, uid, uid)
-        # bwrap enters it as root without CAP_DAC_OVERRIDE: it needs the x bit.
-        os.chmod(workdir, 0o711)
+        if backend == "bwrap":  # bwrap enters it as root without CAP_DAC_OVERRIDE: it needs the x bit
+            os.chmod(workdir, 0o711)
     home = _SANDBOX_DIR if backend == "bwrap" else workdir
-    python = os.path.realpath(sys.executable)
-    rlimits = _rlimits(limits)
-    nproc = _nproc_limit(limits, uid, backend)
-    if nproc is not None:
-        rlimits.append(("RLIMIT_NPROC", nproc, nproc))
+    python = _python()
+    rlimits = _rlimits(limits) + [("RLIMIT_NPROC",) + (_nproc_limit(limits, uid, backend),) * 2]
     status_r, status_w = os.pipe()
+    report_r, report_w = os.pipe() if program.report else (None, None)
+    own_fds = (report_w,) if program.report else ()
     spec = {
-        "status_fd": status_w, "rlimits": rlimits, "uid": uid,
-        "unshare_net": backend != "bwrap",
-        "argv": [python, "-E", "-s", os.path.join(home, program.main), *map(str, program.args), *map(str, extra_fds)],
+        "status_fd": status_w, "rlimits": rlimits, "uid": uid, "unshare_net": backend != "bwrap",
+        "argv": [python, "-E", "-s", os.path.join(home, program.main), *map(str, program.args),
+                 *map(str, own_fds + tuple(extra_fds))],
     }
-    command = [python, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(spec)]
+    spec_r = _pipe_with(json.dumps(spec).encode())
+    command = [python, "-I", "-S", "-c", _BOOTSTRAP, str(spec_r)]
     if backend == "bwrap":
         command = _bwrap_argv(workdir, program, as_root) + command
-    stdin_file = tempfile.TemporaryFile()
+    stdin_file = tempfile.TemporaryFile()  # no name: private input stays off the file system
     stdin_file.write(program.stdin.encode("utf-8"))
     stdin_file.seek(0)
+    marker = secrets.token_hex(8)
     try:
         popen = subprocess.Popen(
             command, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=workdir, env=_environment(home), pass_fds=(status_w, *extra_fds),
-            start_new_session=True)  # its own process group, killed as one
+            cwd=workdir, env=_environment(home, marker), pass_fds=(spec_r, status_w, *own_fds, *extra_fds),
+            start_new_session=True)  # its own session and process group, killed as one
     except OSError as exc:
-        os.close(status_r)
+        for fd in (status_r, report_r):
+            if fd is not None:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
         raise SandboxError(f"could not start the {backend} sandbox: {exc}") from exc
     finally:
-        os.close(status_w)
+        for fd in (spec_r, status_w, report_w):
+            if fd is not None:
+                os.close(fd)
         stdin_file.close()
-    return _Proc(popen, status_r, workdir, backend)
+    return _Proc(popen, status_r, report_r, workdir, backend, uid, marker)
 
 
 def _kill(proc: _Proc) -> None:
-    """Kill the run's process group (bwrap's death takes its pid namespace with it)."""
+    """Kill the run's process group (bwrap's death takes its pid namespace with it).
+
+    In the unsafe backend, also every process of the run that left the group.
+    """
     if proc.backend == "bwrap" and proc.popen.returncode is not None:
         return  # nothing of it is left, and its pid may since belong to someone else
+    # Unsafe backend: the leader may be reaped while its group lives on; a
+    # pid is not reused while a process group of that id exists.
     try:
         os.killpg(proc.popen.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # already gone
+    if proc.backend != "bwrap":
+        _kill_strays(proc)
+
+
+def _strays(proc: _Proc) -> list[int]:
+    return _pids_of_uid(proc.uid) if proc.uid is not None else _pids_with_marker(proc.marker)
+
+
+def _kill_strays(proc: _Proc) -> list[int]:
+    """Unsafe backend: one pass at killing every process of the run; returns those it found.
+
+    As root the run had a uid of its own: `kill(-1)` sent *as that uid*
+    reaches every process of it, the ones that called `setsid` included, and
+    the kernel does it in one pass (no fork slips between). Without root we
+    can only find the run's processes by the marker in their environment.
+    """
+    left = _strays(proc)
+    if left and proc.uid is not None:
+        subprocess.run([_python(), "-I", "-S", "-c", "import os; os.kill(-1, 9)"], user=proc.uid,
+                       group=proc.uid, extra_groups=[], cwd="/", env={}, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def _sweep(proc: _Proc) -> None:
+    """Unsafe backend, after the run: kill what is left of it until nothing is, or fail."""
+    if proc.backend == "bwrap":
+        return  # the pid namespace died with bwrap
+    for _ in range(20):
+        if not _kill_strays(proc):
+            return
+        time.sleep(0.01)
+    left = _strays(proc)
+    if left:
+        raise SandboxError(f"processes of the run survived the kill: {left[:10]}")
+
+
+def _pids_with_marker(marker: str) -> list[int]:
+    """Our processes whose environment carries this run's marker."""
+    needle = f"{_RUN_MARKER}={marker}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                continue  # exited, or not ours
+    return pids
 
 
 def _run(programs: list[Program], limits: Limits, backend: str, links: bool) -> list[RunResult]:
@@ -426,9 +622,7 @@ def _run(programs: list[Program], limits: Limits, backend: str, links: bool) -> 
         for program, fds in zip(programs, fds_per_program):
             procs.append(_launch(program, limits, backend, fds))
     except BaseException:
-        for proc in procs:
-            _kill(proc)
-            _reap(proc)
+        _end(procs)
         raise
     finally:
         for fd in link_fds:
@@ -436,25 +630,41 @@ def _run(programs: list[Program], limits: Limits, backend: str, links: bool) -> 
     try:
         _supervise(procs, limits, deadline, main_index=len(procs) - 1)
     finally:
-        for proc in procs:
-            _kill(proc)
-            _reap(proc)
-    results = []
+        _end(procs)
+    return [_result(proc, backend, start) for proc in procs]
+
+
+def _end(procs: list[_Proc]) -> None:
+    """Kill, reap and sweep every sandbox; remove their folders. Raises only after all are done."""
+    errors = []
     for proc in procs:
-        status = bytes(proc.status).decode("utf-8", "replace")
-        if not status.startswith(("ok", "net")) or "error" in status:
-            raise SandboxError(f"the {backend} sandbox did not start: "
-                               f"{status or 'no word from the bootstrap'}; stderr: "
-                               f"{bytes(proc.err[-500:]).decode('utf-8', 'replace').strip()!r}")
-        code = proc.popen.returncode
-        label = backend + ("+net" if backend == "subprocess" and status.startswith("net") else "")
-        results.append(RunResult(
-            returncode=128 - code if code < 0 else code,
-            stdout=bytes(proc.out).decode("utf-8", "replace"),
-            stderr=bytes(proc.err).decode("utf-8", "replace"),
-            timed_out=proc.timed_out, truncated=proc.truncated,
-            wall_seconds=round((proc.ended or time.monotonic()) - start, 4), backend=label))
-    return results
+        _kill(proc)
+        _reap(proc)
+    for proc in procs:
+        try:
+            _sweep(proc)
+        except SandboxError as exc:
+            errors.append(exc)
+        shutil.rmtree(proc.workdir, ignore_errors=True)
+    if errors:
+        raise errors[0]
+
+
+def _result(proc: _Proc, backend: str, start: float) -> RunResult:
+    status = bytes(proc.status).decode("utf-8", "replace")
+    if not status.startswith(("ok", "net")) or "error" in status:
+        raise SandboxError(f"the {backend} sandbox did not start: "
+                           f"{status or 'no word from the bootstrap'}; stderr: "
+                           f"{bytes(proc.err[-500:]).decode('utf-8', 'replace').strip()!r}")
+    code = proc.popen.returncode
+    label = backend + ("+net" if backend == UNSAFE and status.startswith("net") else "")
+    return RunResult(
+        returncode=128 - code if code < 0 else code,
+        stdout=bytes(proc.out).decode("utf-8", "replace"),
+        stderr=bytes(proc.err).decode("utf-8", "replace"),
+        timed_out=proc.timed_out, truncated=proc.truncated,
+        wall_seconds=round((proc.ended or time.monotonic()) - start, 4), backend=label,
+        report=bytes(proc.report).decode("utf-8", "replace"))
 
 
 def _supervise(procs: list[_Proc], limits: Limits, deadline: float, main_index: int) -> None:
@@ -468,6 +678,8 @@ def _supervise(procs: list[_Proc], limits: Limits, deadline: float, main_index: 
         selector.register(proc.popen.stdout, selectors.EVENT_READ, (proc, "out"))
         selector.register(proc.popen.stderr, selectors.EVENT_READ, (proc, "err"))
         selector.register(proc.status_r, selectors.EVENT_READ, (proc, "status"))
+        if proc.report_r is not None:
+            selector.register(proc.report_r, selectors.EVENT_READ, (proc, "report"))
     leader = procs[main_index]
     try:
         while selector.get_map():
@@ -483,7 +695,7 @@ def _supervise(procs: list[_Proc], limits: Limits, deadline: float, main_index: 
                     proc.ended = time.monotonic()
             if leader.ended is not None:
                 break
-        # Done, timed out, or the leader exited (in the subprocess backend its
+        # Done, timed out, or the leader exited (in the unsafe backend its
         # children may still hold the pipes open): kill all, then read what is left.
         for proc in procs:
             _kill(proc)
@@ -494,23 +706,27 @@ def _supervise(procs: list[_Proc], limits: Limits, deadline: float, main_index: 
         selector.close()
 
 
+_CAPS = {"status": 4096, "report": _REPORT_CAP}
+
+
 def _pump(selector, cap: int, timeout: float) -> list[_Proc]:
     """Read once from every ready stream, keeping at most `cap` bytes of each.
 
-    Returns the processes that just passed the cap.
+    Returns the processes that just passed the cap (stdout/stderr only: the
+    status and report pipes are merely cut short).
     """
     over = []
     for key, _ in selector.select(timeout=timeout):
         proc, stream = key.data
-        fd = key.fd if stream == "status" else key.fileobj.fileno()
+        fd = key.fd if stream in _CAPS else key.fileobj.fileno()
         chunk = os.read(fd, _READ_CHUNK)
         if not chunk:
             selector.unregister(key.fileobj)
             continue
-        buffer = {"out": proc.out, "err": proc.err, "status": proc.status}[stream]
-        room = (cap if stream != "status" else 4096) - len(buffer)
+        buffer = getattr(proc, stream)
+        room = _CAPS.get(stream, cap) - len(buffer)
         buffer += chunk[:max(room, 0)]
-        if len(chunk) > room and stream != "status" and not proc.truncated:
+        if len(chunk) > room and stream not in _CAPS and not proc.truncated:
             proc.truncated = True
             over.append(proc)
     return over
@@ -526,8 +742,10 @@ def _reap(proc: _Proc) -> None:
         proc.ended = time.monotonic()
     for stream in (proc.popen.stdout, proc.popen.stderr):
         stream.close()
-    try:
-        os.close(proc.status_r)
-    except OSError:
-        pass  # already closed
-    shutil.rmtree(proc.workdir, ignore_errors=True)
+    for fd in (proc.status_r, proc.report_r):
+        if fd is None:
+            continue
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # already closed
