@@ -180,7 +180,8 @@ def test_reward_hacking_from_named_step_files(tmp_path):
 
 def test_reward_hacking_from_loosely_named_files(tmp_path):
     run = write_run(tmp_path / "run", healthy_rows(), evals=(("eval_base", 0.4), ("final", 0.4)))
-    assert "reward_hacking" in codes(diagnose_dir(run))
+    hack = next(f for f in diagnose_dir(run) if f.code == "reward_hacking")
+    assert hack.severity == "problem" and hack.steps == (0, STEPS)
     (run / "eval" / "mystery.json").write_text(json.dumps(eval_file("mystery", 0.9)))
     note = next(f for f in diagnose_dir(run) if f.code == "read")
     assert "eval/mystery.json: cannot tell which step" in note.explanation
@@ -228,6 +229,15 @@ def test_nan_values_are_skipped(tmp_path):
     run = write_run(tmp_path / "run", rows)
     assert "NaN" in (run / "metrics.jsonl").read_text()  # the way RunLog writes it
     assert codes(diagnose_dir(run)) == set()
+
+
+@pytest.mark.parametrize("code", ["entropy_collapse", "truncation", "zero_variance"])
+def test_nan_values_do_not_hide_a_pathology(tmp_path, code):
+    rows = healthy_rows()
+    PLANTS[code](rows)
+    for r in rows[::5]:
+        r.update(entropy=math.nan, trunc_rate=math.nan, zero_var_frac=math.nan)
+    assert code in codes(diagnose_dir(write_run(tmp_path / "run", rows)))
 
 
 def test_old_run_without_keys_skips_checks_with_info(tmp_path):
@@ -402,7 +412,6 @@ def test_report_page_has_the_findings(tmp_path):
     pytest.importorskip("matplotlib")
     from ponder.commands.report import write_report
     rows = healthy_rows(30)
-    plant_invalid(rows)  # steps 41-60 do not exist here: plant by hand
     for r in rows[10:20]:
         r["invalid_frac"] = 0.3
     page = write_report(write_run(tmp_path / "run", rows)).read_text()
