@@ -388,7 +388,7 @@ def test_cli_json_shape(tmp_path, capsys):
     for f in out["findings"]:
         assert set(f) == {"code", "severity", "steps", "explanation", "suggestion"}
         assert f["severity"] in ("problem", "warning", "info")
-        assert f["steps"] is None or (len(f["steps"]) == 2 and f["steps"][0] <= f["steps"][1])
+        assert len(f["steps"]) == 2 and f["steps"][0] <= f["steps"][1]
     assert any(f["code"] == "truncation" and f["severity"] == "problem" for f in out["findings"])
     assert cli.main(["doctor", str(run), "--strict"]) == 1
     text = capsys.readouterr().out

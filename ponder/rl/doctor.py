@@ -39,7 +39,7 @@ import argparse
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import mean, median
 
@@ -392,6 +392,18 @@ def _pct(x: float) -> str:
 
 # ---------------------------------------------------------------- checks: one pure function per code
 
+def _causes(run: Run, first: int, last: int) -> str:
+    """Why groups may agree at steps first..last: cut-off completions or a failing checker (both score 0)."""
+    out = ""
+    trunc = value_at(run, "trunc_rate", first, last)
+    if trunc is not None and trunc >= TRUNC_PROBLEM:
+        out += f"; {_pct(trunc)} of completions were cut off at max_new_tokens there (see truncation)"
+    invalid = value_at(run, "invalid_frac", first, last)
+    if invalid is not None and invalid >= INVALID_PROBLEM:
+        out += f"; {_pct(invalid)} of verdicts were invalid there (see invalid_verdicts)"
+    return out
+
+
 def check_no_signal(run: Run) -> list[Finding]:
     """Every group zero-variance (reward constant at 0 or 1 within each group) for a stretch."""
     steps, zv = series(run, "zero_var_frac")
@@ -414,6 +426,7 @@ def check_no_signal(run: Run) -> list[Finding]:
     level = acc if acc is not None else reward
     dead = [k for k in ("loss", "grad_norm") if (v := value_at(run, k, first, last)) is not None and abs(v) <= 1e-6]
     evidence = f" ({' and '.join(dead)} 0 there)" if dead else ""
+    evidence += _causes(run, first, last)
     base = (f"at {count} steps ({first}-{last}) every group's samples got the same reward, so every advantage "
             f"is 0 and the policy gets no gradient{evidence}: the run learns nothing there. ")
     if level is not None and level <= EPS:
@@ -460,7 +473,8 @@ def check_zero_variance(run: Run) -> list[Finding]:
     if refilled and severity == "problem":
         severity = "warning"
     why = ("the task is (nearly) solved for these prompts" if acc is not None and acc >= 0.5
-           else "the task is too hard: most groups score 0 throughout") if acc is not None else "rewards agree"
+           else "the task is too hard for most prompts") if acc is not None else "rewards agree"
+    why += _causes(run, first, last)
     return [Finding("zero_variance", severity, (first, last),
                     f"at steps {first}-{last}, {_pct(share)} of groups were uninformative on average (all samples "
                     f"scored alike, so their advantage is 0){f', accuracy {acc:.2f}' if acc is not None else ''}: "
@@ -766,7 +780,7 @@ def check_plateau(run: Run) -> list[Finding]:
         return []
     first, last = steps[s], steps[-1]
     acc = value_at(run, "accuracy", first, last)
-    level = acc if acc is not None else mean(r[s:])
+    level = min(acc, mean(r[s:])) if acc is not None else mean(r[s:])  # a flat reward is flat whatever accuracy says
     gain = fitted_gain(steps[s:], r[s:])
     how = ("never improved: it" if s == 0 else f"improved until step {first}, then") + \
         f" stayed flat for {last - first + 1} steps (trend {gain:+.3f}) at {'accuracy' if acc is not None else 'reward'} {level:.2f}"
@@ -811,7 +825,8 @@ def diagnose(run: Run) -> list[Finding]:
     if len(run.steps) < MIN_STEPS:
         findings.append(Finding("short_run", "info", (run.steps[0], run.steps[-1]),
                                 f"only {len(run.steps)} steps logged: trend checks need at least {MIN_STEPS}"))
-    return sorted(deduplicate(findings) + list(run.notes), key=_order)
+    whole = (run.steps[0], run.steps[-1])  # a finding about the files covers the whole run
+    return sorted((replace(f, steps=f.steps or whole) for f in deduplicate(findings) + list(run.notes)), key=_order)
 
 
 def _is_rl_stage(stage_dir: Path) -> bool:
@@ -836,7 +851,7 @@ def diagnose_dir(run_dir: str | Path) -> list[Finding]:
         out = []
         for name in trained:
             try:
-                out += [Finding(**{**f.__dict__, "stage": name}) for f in diagnose(load_run(run_dir / name))]
+                out += [replace(f, stage=name) for f in diagnose(load_run(run_dir / name))]
             except DoctorError as e:
                 raise DoctorError(f"{name}/{e}") from None
         return sorted(out, key=_order)
@@ -890,7 +905,8 @@ def summary_lines(run_dir: str | Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ponder doctor", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="ponder doctor", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Exit status: 0 when the run was read (even with problems, unless "
                                         "--strict), 1 with --strict and a problem, 2 when it cannot be read.")
     ap.add_argument("run_dir", help="run directory (metrics.jsonl, config.json, eval files)")
