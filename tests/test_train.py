@@ -1,6 +1,7 @@
 """A seconds-long GRPO run on a trivially learnable task: reward rises. Plus checkpoints."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -57,13 +58,116 @@ def test_reward_rises_on_trivial_task(small_model, tmp_path):
     assert [p.name for p in ckpt.complete(out / "checkpoints")] == ["step-000020", "step-000030"]
 
 
-@pytest.mark.parametrize("variant", [dict(advantage="rloo"), dict(scale_rewards=False, loss_agg="sequence"),
-                                     dict(dynamic_sampling=True, kl_coef=0.1, epochs=2, minibatches=2)])
-def test_variants_run(small_model, tmp_path, variant):
-    out = tmp_path / "v"
-    train(_cfg(small_model, out, steps=3, **variant))
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+def _rows(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_advantage_variants_reach_the_gradient(small_model, tmp_path):
+    """Step 1 samples the same groups in every run (same start, same seeds) and its importance ratio
+    is 1, so the gradient is linear in the advantages: RLOO's (r_i minus the mean of the others) are
+    exactly G/(G-1) times Dr. GRPO's (r - mean, no std), and GRPO's divide those by each group's std."""
+    G = 8
+    norm = {}
+    for name, kw in {"grpo": {}, "rloo": dict(advantage="rloo"), "dr_grpo": dict(scale_rewards=False)}.items():
+        train(_cfg(small_model, tmp_path / name, steps=1, group_size=G, track_kl=False, **kw))
+        (row,) = _rows(tmp_path / name)
+        assert math.isfinite(row["loss"]) and row["grad_norm"] > 0, row
+        norm[name] = row["grad_norm"]
+    assert norm["rloo"] == pytest.approx(G / (G - 1) * norm["dr_grpo"], rel=1e-4), norm
+    assert abs(norm["grpo"] / norm["dr_grpo"] - 1) > 0.05, norm  # the std scaling is applied
+
+
+def test_kl_penalty_enters_the_loss_with_its_coefficient(small_model, tmp_path):
+    """Step 1 is identical with and without the penalty (policy = reference: KL 0 and no KL gradient),
+    so step 2 starts from the same policy and samples in both runs: its loss differs by exactly
+    kl_coef x the measured KL."""
+    coef = 0.5
+    train(_cfg(small_model, tmp_path / "free", steps=2, kl_coef=0.0, track_kl=True))
+    train(_cfg(small_model, tmp_path / "kl", steps=2, kl_coef=coef))
+    free, kl = _rows(tmp_path / "free"), _rows(tmp_path / "kl")
+    assert free[0]["kl"] == kl[0]["kl"] == 0.0 and free[0]["loss"] == pytest.approx(kl[0]["loss"], abs=1e-7)
+    assert kl[1]["kl"] == pytest.approx(free[1]["kl"], rel=1e-5) and kl[1]["kl"] > 0
+    assert kl[1]["loss"] - free[1]["loss"] == pytest.approx(coef * kl[1]["kl"], rel=1e-3, abs=1e-7)
+
+
+class HalfImpossibleTask(DigitsTask):
+    """Prompts 0-2 score 0 whatever the answer (their groups never carry a gradient); 3-6 are graded
+    like DigitsTask. Prompts are drawn from the seed, so each refill round brings new ones."""
+
+    name = "half_impossible"
+
+    def examples(self, split, n, seed=0):
+        import random
+        rng = random.Random(seed)
+        return [Example(id=f"{split}{seed}-{i}", prompt=f"{rng.randrange(7)}:", answer="") for i in range(n)]
+
+    def verify(self, completion, example):
+        if int(example.prompt[0]) < 3:
+            return Verdict(0.0, "wrong", "impossible prompt")
+        return super().verify(completion, example)
+
+
+def test_dynamic_sampling_refills_the_batch_with_informative_groups(small_model, tmp_path, monkeypatch):
+    import ponder.rl.grpo as grpo
+    monkeypatch.setitem(TASKS, "half_impossible", HalfImpossibleTask)
+    seen = []  # the (P, G) rewards of every update's groups, as the advantages see them
+    real = grpo.ADVANTAGES["rloo"]
+    monkeypatch.setitem(grpo.ADVANTAGES, "rloo", lambda r: seen.append(r.clone()) or real(r))
+    P = 4
+    train(_cfg(small_model, tmp_path / "ds", task="half_impossible", steps=4, prompts_per_step=P,
+               advantage="rloo", dynamic_sampling=True, max_refills=8))
+    rows = _rows(tmp_path / "ds")
+    assert all(r["groups_used"] == P for r in rows), [r["groups_used"] for r in rows]
+    assert sum(r["zero_var_frac"] for r in rows) > 0  # first rounds did hold useless groups: refills were needed
+    assert len(seen) == 4 and all(r.shape[0] == P for r in seen)
+    for r in seen:
+        assert bool((r.max(1).values > r.min(1).values).all()), r  # no zero-variance group in an update
+    # without dynamic sampling the same steps do train on zero-variance groups
+    seen.clear()
+    train(_cfg(small_model, tmp_path / "plain", task="half_impossible", steps=4, prompts_per_step=P,
+               advantage="rloo"))
+    assert any(bool((r.max(1).values == r.min(1).values).any()) for r in seen)
+
+
+def test_several_epochs_and_minibatches_use_the_rollout_policy_as_old(small_model, tmp_path):
+    """After the first minibatch's step the policy has moved: later minibatches' importance ratios leave 1
+    and some get clipped. (Recomputing `old` from the current policy would keep every ratio at 1.)"""
+    train(_cfg(small_model, tmp_path / "e", steps=3, epochs=2, minibatches=2, loss_agg="sequence",
+               clip_low=0.01, clip_high=0.01))
+    rows = _rows(tmp_path / "e")
+    assert all(math.isfinite(r["loss"]) for r in rows) and max(r["clip_frac"] for r in rows) > 0, rows
+
+
+def test_lora_resume_equals_uninterrupted(small_model, tmp_path):
+    """A LoRA run resumed from its adapter checkpoint ends with the weights of the run that never stopped."""
+    from safetensors.torch import load_file
+    lora = dict(lora_rank=2, lora_alpha=4.0, track_kl=False, save_every=2)
+    # The adapters' random init draws from torch's global generator (see the xfail below), so both
+    # fresh runs start from the same generator state here.
+    torch.manual_seed(0)
+    train(_cfg(small_model, tmp_path / "full", steps=4, **lora))
+    torch.manual_seed(0)
+    train(_cfg(small_model, tmp_path / "part", steps=2, **lora))  # "crashed" after step 2
+    train(_cfg(small_model, tmp_path / "part", steps=4, **lora), resume=True)
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "part" / "model" / "model.safetensors")
+    base = load_file(f"{small_model}/model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - base[k]).abs().max().item() for k in a) > 1e-4  # the adapters did train
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@pytest.mark.xfail(strict=True, reason="LoRA's adapter init is not seeded by RLConfig.seed: two runs of one "
+                   "config in one process (a pipeline's stages) start from different adapters")
+def test_lora_init_follows_the_seed(small_model, tmp_path):
+    from safetensors.torch import load_file
+    lora = dict(lora_rank=2, lora_alpha=4.0, track_kl=False, steps=1)
+    train(_cfg(small_model, tmp_path / "a", **lora))
+    torch.rand(3)  # anything else drawing from the global generator in between
+    train(_cfg(small_model, tmp_path / "b", **lora))
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
 def test_resume_equals_uninterrupted(small_model, tmp_path):
