@@ -5,7 +5,7 @@ import pytest
 from ponder.engine.budget import EFFORT, ThinkingForcer, effort_budget, row_cap
 from ponder.core.config import ConfigError
 from ponder.engine.engine import Engine, SamplingParams, row_seed
-from ponder.tasks.base import answer_text
+from ponder.core.think import answer_text
 
 PROMPTS = ["12+34=?\n", "5*7=?\n", "98765+12345=?\n"]
 

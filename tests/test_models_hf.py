@@ -142,7 +142,8 @@ def _batch(tok, rows=4):
         ids = tuple(torch.randint(3, len(tok), (3 + i,)).tolist())
         samples.append(Sample(0, i, prompt, ids, "", "length", 0, len(ids)))
     ids, attn, comp = pack(samples, tok.pad_token_id)
-    return {"ids": ids, "attn": attn, "comp": comp, "adv": torch.tensor([1.0, -1.0, 0.5, -0.5])[:rows]}
+    from ponder.rl.train import RLBatch
+    return RLBatch(ids, attn, comp, torch.tensor([1.0, -1.0, 0.5, -0.5])[:rows])
 
 
 def _update(model, tok, **cfg_kwargs):
@@ -151,7 +152,7 @@ def _update(model, tok, **cfg_kwargs):
     from ponder.rl.train import RLConfig, update_policy
     cfg = RLConfig(group_size=2, prompts_per_step=2, **cfg_kwargs)
     opt = torch.optim.SGD(trainable_parameters(model), lr=0.1)
-    return update_policy(model, None, opt, _batch(tok), cfg, None, AGGREGATIONS[cfg.loss_agg])
+    return update_policy(model, None, opt, _batch(tok), cfg, AGGREGATIONS[cfg.loss_agg])
 
 
 @pytest.mark.parametrize("loss_agg", ["token", "sequence"])

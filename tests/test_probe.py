@@ -6,7 +6,8 @@ import pytest
 
 from ponder.verifiers.probe import PROBES, main, probe_task, sanity_check
 from ponder.tasks import TASKS, get_task
-from ponder.tasks.base import Example, Task, answer_text
+from ponder.core.think import answer_text
+from ponder.tasks.base import Example, Task
 from ponder.tasks.jsonl import JsonlTask
 from ponder.core.verdict import correct, wrong
 

@@ -5,7 +5,7 @@ import pytest
 from ponder.core.config import ConfigError
 from ponder.tasks import get_task
 from ponder.tasks.arithmetic import Problem, column_steps
-from ponder.tasks.base import format_score
+from ponder.core.think import format_score
 from ponder.tasks.countdown import ExpressionError, evaluate
 
 

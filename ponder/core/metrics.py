@@ -6,7 +6,7 @@ import re
 import resource
 from statistics import mean
 
-from ponder.tasks.base import thinking_text
+from ponder.core.think import thinking_text
 
 # Self-checking in a chain of thought: explicit checks, "wait", re-verification.
 _SELF_CHECK = re.compile(r"\b(check|wait|verify|double[- ]check|let me check|recompute|re-compute)\b", re.I)

@@ -15,20 +15,24 @@ from pathlib import Path
 from statistics import mean
 
 from ponder.core import config as C
-from ponder.tasks.spec import TaskFields, formatted, make_task
+from ponder.rl.rollout import Group, rollout
+from ponder.tasks.spec import TaskFields, build_task, formatted, make_task
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.engine.engine import Engine, SamplingParams, rollout_copy
 from ponder.core.metrics import shows_self_check
 from ponder.models.model import load_model
 from ponder.core.stats import maj_at_k, mean_pass_at_k, per_problem_ci, wilson_ci
-from ponder.tasks.base import SPLITS, Task, answer_text
+from ponder.core.think import answer_text
+from ponder.tasks.base import SPLITS, Task
 
 
 @dataclass(frozen=True)
 class EvalConfig(TaskFields):
     model: str = option("tiny", "HF model folder ('tiny' = the built-in base)")
+    data: str = option("", "evaluate on every line of this JSONL file instead (the task's format: prompt = the "
+                       "raw document, answer = the gold value), with the task's grader and template")
     split: str = option("test", "which split to evaluate", choices=SPLITS)
-    problems: int = option(200, "number of problems")
+    problems: int = option(200, "number of problems (with `data`: the file's first N lines)")
     samples: int = option(8, "samples per problem for pass@k / maj@k (1 = greedy only)")
     temperature: float = option(1.0, "temperature of the sampled pass")
     max_new_tokens: int = option(128, "completion token limit")
@@ -46,63 +50,99 @@ class EvalConfig(TaskFields):
             raise ConfigError(f"problems, samples and chunk must be >= 1; got {self.problems}, {self.samples}, {self.chunk}")
 
 
-def _generate(engine: Engine, prompts: list[str], n: int, params: SamplingParams, seed: int, chunk: int):
-    out, tokens, seconds = [], 0, 0.0
-    for i in range(0, len(prompts), chunk):
-        out += engine.generate(prompts[i:i + chunk], n, params, seed=seed + i)
-        tokens += engine.last_stats.generated_tokens
-        seconds += engine.last_stats.seconds
-    return out, tokens, seconds
+def eval_task(cfg: EvalConfig) -> Task:
+    """The task to evaluate: the config's task, or with `data` every line of that file
+    under the task's grader and template."""
+    if not cfg.data:
+        return make_task(cfg)
+    task = build_task(cfg.data, "", cfg.grader, cfg.template)
+    lines = len(task.examples("all", 1 << 30))
+    if lines > cfg.problems:
+        print(f"note: evaluating the first {cfg.problems} of the {lines} lines of {cfg.data} (--problems)")
+    return task
 
 
 def evaluate(model, tok, task: Task, cfg: EvalConfig) -> dict:
     task = formatted(task, tok, cfg)
-    examples = task.examples(cfg.split, cfg.problems, seed=cfg.seed)
+    split = "all" if cfg.data else cfg.split  # a file of held-out documents: every line
+    examples = task.examples(split, cfg.problems, seed=cfg.seed)
     engine = Engine(rollout_copy(model, cfg.precision), tok)
     return _evaluate(engine, task, examples, cfg)
 
 
-def _evaluate(engine: Engine, task: Task, examples, cfg: EvalConfig) -> dict:
-    prompts = [e.prompt for e in examples]
-    greedy, g_tokens, g_secs = _generate(engine, prompts, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed, cfg.chunk)
-    rows = []
-    for ex, (s,) in zip(examples, greedy):
-        v = task.verify(s.text, ex)
-        rows.append({"id": ex.id, "difficulty": ex.difficulty, "thinking_tokens": s.thinking_tokens,
-                     "answer_tokens": s.answer_tokens, "correct": v.status == "correct",
-                     "status": v.status, "self_check": shows_self_check(s.text), "completion": s.text})
+def _row(group: Group) -> dict:
+    (s,), (v,) = group.samples, group.verdicts
+    ex = group.example
+    return {"id": ex.id, "difficulty": ex.difficulty, "thinking_tokens": s.thinking_tokens,
+            "answer_tokens": s.answer_tokens, "correct": v.status == "correct", "score": v.score,
+            "status": v.status, "reason": v.reason, "self_check": shows_self_check(s.text),
+            "truncated": s.finish == "length", "completion": s.text, "info": info_labels(ex)}
+
+
+# An `info` field becomes a per-value breakdown when it holds short labels (layout, source...)
+MAX_LABEL_CHARS, MAX_LABELS = 40, 30
+
+
+def info_labels(ex) -> dict:
+    """The example's short scalar `info` fields (labels such as a layout), for per-value metrics."""
+    return {k: v for k, v in ex.info.items() if k != "document" and isinstance(v, (str, int, bool))
+            and len(str(v)) <= MAX_LABEL_CHARS}
+
+
+def breakdown(rows: list[dict], key) -> dict:
+    """value -> {n, accuracy, accuracy_ci, mean_score} over the rows, grouped by `key(row)`."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(str(key(r)), []).append(r)
+    out = {}
+    for value, rs in sorted(groups.items()):
+        ok = sum(r["correct"] for r in rs)
+        out[value] = {"n": len(rs), "accuracy": ok / len(rs), "accuracy_ci": list(wilson_ci(ok, len(rs))),
+                      "mean_score": mean(r["score"] for r in rs)}
+    return out
+
+
+def greedy_summary(rows: list[dict], tokens: int, seconds: float) -> dict:
     n_ok = sum(r["correct"] for r in rows)
     lo, hi = wilson_ci(n_ok, len(rows))
-    by_diff = {}
-    for r in rows:
-        by_diff.setdefault(r["difficulty"], []).append(r["correct"])
-    summary = {
+    fields = sorted({k for r in rows for k in r["info"]})
+    by_info = {k: breakdown([r for r in rows if k in r["info"]], lambda r, k=k: r["info"][k]) for k in fields}
+    return {
         "accuracy": n_ok / len(rows), "accuracy_ci": [lo, hi], "n_problems": len(rows),
+        "mean_score": mean(r["score"] for r in rows),
         "mean_thinking_tokens": mean(r["thinking_tokens"] for r in rows),
         "self_check_frac": mean(r["self_check"] for r in rows),
         "invalid_frac": mean(r["status"] == "invalid" for r in rows),
-        "accuracy_by_difficulty": {str(d): mean(v) for d, v in sorted(by_diff.items())},
-        "generated_tokens": g_tokens, "tokens_per_s": g_tokens / g_secs if g_secs else 0.0,
+        "truncated_frac": mean(r["truncated"] for r in rows),
+        "accuracy_by_difficulty": {d: v["accuracy"] for d, v in
+                                   sorted(breakdown(rows, lambda r: r["difficulty"]).items(), key=lambda x: int(x[0]))},
+        "by_info": {k: v for k, v in by_info.items() if len(v) <= MAX_LABELS},
+        "generated_tokens": tokens, "tokens_per_s": tokens / seconds if seconds else 0.0,
     }
+
+
+def sampled_summary(groups: list[Group], n: int, tokens: int) -> dict:
+    correct = [g.correct for g in groups]
+    voted = [[((answer_text(s.text) or None), ok) for s, ok in zip(g.samples, g.correct)] for g in groups]
+    ks = sorted({1, 2, 4, n} & set(range(1, n + 1)))
+    acc, plo, phi = per_problem_ci(correct)
+    return {
+        "pass_at_k": {str(k): mean_pass_at_k(correct, k) for k in ks},
+        "maj_at_k": {str(k): maj_at_k(voted, k) for k in ks},
+        "sampled_accuracy": acc, "sampled_accuracy_ci": [plo, phi],
+        "sampled_mean_thinking_tokens": mean(s.thinking_tokens for g in groups for s in g.samples),
+        "samples_per_problem": n, "sampled_generated_tokens": tokens,
+    }
+
+
+def _evaluate(engine: Engine, task: Task, examples, cfg: EvalConfig) -> dict:
+    greedy = rollout(engine, task, examples, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed, cfg.chunk)
+    rows = [_row(g) for g in greedy.groups]
+    summary = greedy_summary(rows, greedy.generated_tokens, greedy.seconds)
     if cfg.samples > 1:
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature)
-        sampled, s_tokens, _ = _generate(engine, prompts, cfg.samples, params, cfg.seed + 1, cfg.chunk)
-        correct, voted = [], []
-        think = []
-        for ex, group in zip(examples, sampled):
-            flags = [task.verify(s.text, ex).status == "correct" for s in group]
-            correct.append(flags)
-            voted.append([((answer_text(s.text) or None), ok) for s, ok in zip(group, flags)])
-            think += [s.thinking_tokens for s in group]
-        ks = sorted({1, 2, 4, cfg.samples} & set(range(1, cfg.samples + 1)))
-        acc, plo, phi = per_problem_ci(correct)
-        summary.update({
-            "pass_at_k": {str(k): mean_pass_at_k(correct, k) for k in ks},
-            "maj_at_k": {str(k): maj_at_k(voted, k) for k in ks},
-            "sampled_accuracy": acc, "sampled_accuracy_ci": [plo, phi],
-            "sampled_mean_thinking_tokens": mean(think),
-            "samples_per_problem": cfg.samples, "sampled_generated_tokens": s_tokens,
-        })
+        sampled = rollout(engine, task, examples, cfg.samples, params, cfg.seed + 1, cfg.chunk)
+        summary.update(sampled_summary(sampled.groups, cfg.samples, sampled.generated_tokens))
     return {"label": cfg.label, "config": asdict(cfg), "summary": summary, "samples": rows}
 
 
@@ -124,7 +164,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cfg = C.from_args(EvalConfig, args, args.recipe, section="eval")
     C.set_threads(cfg.threads)
-    task = make_task(cfg)
+    task = eval_task(cfg)  # a bad task, grader or data file fails before the model loads
     model, tok = load_model(cfg.model)
     result = evaluate(model, tok, task, cfg)
     print(format_summary(result))

@@ -24,7 +24,7 @@ from statistics import mean
 from ponder.core import config as C
 from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, option
-from ponder.tasks.base import THINK_CLOSE, THINK_OPEN
+from ponder.core.think import THINK_CLOSE, THINK_OPEN
 
 # Arithmetic's column method ends each line with the result so far ("so 105").
 DEFAULT_INTERMEDIATE = r"\bso (-?\d+)"
@@ -145,6 +145,7 @@ class OverthinkConfig(TaskFields):
 def main(argv: list[str]) -> int:
     from ponder.engine.engine import Engine, SamplingParams
     from ponder.models.model import load_model
+    from ponder.rl.rollout import rollout
     ap = argparse.ArgumentParser(prog="ponder overthink", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_path", nargs="?", help="HF model folder (same as --model)")
@@ -154,9 +155,9 @@ def main(argv: list[str]) -> int:
     model, tok = load_model(cfg.model)
     task = make_task(cfg, tok)  # the same prompts as train and eval
     examples = task.examples("test", cfg.problems, seed=cfg.seed)
-    pool = Engine(model, tok).generate([e.prompt for e in examples], cfg.samples,
-                                       SamplingParams(cfg.max_new_tokens, cfg.temperature), seed=cfg.seed)
-    verdicts = [[task.verify(s.text, ex).status == "correct" for s in g] for ex, g in zip(examples, pool)]
+    groups = rollout(Engine(model, tok), task, examples, cfg.samples,
+                     SamplingParams(cfg.max_new_tokens, cfg.temperature), seed=cfg.seed).groups
+    pool, verdicts = [list(g.samples) for g in groups], [g.correct for g in groups]
     rep = report(traces_of(pool, examples, verdicts, tok, cfg.intermediate_pattern), cfg.bin_width)
     print(format_report(rep))
     if cfg.json:

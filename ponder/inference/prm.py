@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from ponder.core import config as C
+from ponder.rl.rollout import rollout
 from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.engine.engine import Engine, SamplingParams
-from ponder.tasks.base import THINK_CLOSE
+from ponder.core.think import THINK_CLOSE
 
 HEAD_FILE, META_FILE = "prm_head.pt", "prm.json"
 
@@ -208,14 +209,10 @@ def label_steps(engine: Engine, task, examples, cfg: PRMConfig) -> list[dict]:
     newline = engine.tok("\n", add_special_tokens=False)["input_ids"]
     newline_id = newline[0] if len(newline) == 1 else None
     rows, pending = [], []  # pending: (row index, prompt index, prefix length) needing continuations
-    for i0 in range(0, len(examples), cfg.chunk):
-        seeds = [[_seed(cfg.seed, "rollout", i, j) for j in range(cfg.rollouts)]
-                 for i in range(i0, min(i0 + cfg.chunk, len(examples)))]
-        outs = engine.generate_ids(prompts[i0:i0 + cfg.chunk], cfg.rollouts, params, seeds,
-                                   [cfg.max_new_tokens] * len(seeds))
-        for s in outs:
-            i = i0 + s.prompt_index
-            ok = float(task.verify(s.text, examples[i]).status == "correct")
+    groups = rollout(engine, task, examples, cfg.rollouts, params, cfg.seed, cfg.chunk).groups
+    for i, group in enumerate(groups):
+        for s, ok in zip(group.samples, group.correct):
+            ok = float(ok)
             ends = step_ends(list(s.ids), newline_id, engine.think_ids[1], engine.eos_id)
             for e in ends:
                 rows.append({"problem": i, "prompt": prompts[i], "ids": list(s.ids[:e]), "hits": ok, "n": 1.0,

@@ -29,6 +29,7 @@ from statistics import mean
 
 from ponder.core import config as C
 from ponder.engine.budget import parse_budgets
+from ponder.rl.rollout import rollout
 from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, option
 from ponder.engine.engine import Engine, SamplingParams
@@ -203,13 +204,6 @@ def bar(entries: list[dict], samples: int) -> dict:
 
 
 # -- driver -----------------------------------------------------------------------------------------
-def _generate(engine: Engine, prompts, n, params, seed, chunk):
-    out = []
-    for i in range(0, len(prompts), chunk):
-        out += engine.generate(prompts[i:i + chunk], n, params, seed=seed + i)
-    return out
-
-
 def write_json(result: dict, path: str) -> None:
     """Write the table atomically (temp name, then rename): a reader never sees half a file."""
     out = Path(path)
@@ -224,7 +218,6 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
     far is written after each budget and search setting (`"complete": false` until the end),
     so a long sweep that is stopped keeps what it measured."""
     from ponder.models.model import load_model
-    from ponder.inference.overthinking import report, traces_of
     C.set_threads(cfg.threads)
     model, tok = load_model(cfg.model)
     task = make_task(cfg, tok)  # the same prompts as train and eval
@@ -234,59 +227,69 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
         from ponder.inference.prm import PRM
         prm = PRM.load(cfg.prm, model, tok)
     examples = task.examples(cfg.split, cfg.problems, seed=cfg.seed)
-    prompts = [ex.prompt for ex in examples]
     diff = [ex.difficulty for ex in examples]
-    verdict = lambda s, ex: task.verify(s.text, ex).status == "correct"
-    entries = []
-    greedy = _generate(engine, prompts, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed, cfg.chunk)
-    entries.append(entry("greedy", 1, None, [verdict(g[0], ex) for g, ex in zip(greedy, examples)],
-                         [len(g[0].ids) for g in greedy], diff))
+    greedy = rollout(engine, task, examples, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed, cfg.chunk).groups
+    entries = [entry("greedy", 1, None, [g.correct[0] for g in greedy], [len(g.samples[0].ids) for g in greedy], diff)]
     log(f"greedy {entries[-1]['accuracy']:.3f}")
     result = {"config": asdict(cfg), "complete": False, "entries": entries}
     save = (lambda: write_json(result, cfg.json)) if cfg.json else (lambda: None)
     save()
     for budget in parse_budgets(cfg.budgets, cfg.max_new_tokens):
-        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, thinking_budget=budget)
-        pool = _generate(engine, prompts, cfg.samples, params, cfg.seed + 1, cfg.chunk)
-        correct = [[verdict(s, ex) for s in g] for g, ex in zip(pool, examples)]
-        answers = [[extract(s) for s in g] for g in pool]
-        scores = None
-        if prm is not None:
-            flat = prm.score([list(s.prompt_ids) for g in pool for s in g],
-                             [[t for t in s.ids if t != engine.eos_id] for g in pool for s in g])
-            scores = [flat[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(pool))]
-        rows = pool_entries(pool, answers, correct, scores, examples, budget, cfg)
-        think = [s.thinking_tokens for g in pool for s in g]
-        for e in rows:
-            e["mean_thinking_tokens"] = mean(think)
-            e["max_thinking_tokens"] = max(think)
-        entries += rows
-        log(f"budget {budget}: " + "  ".join(f"{e['strategy']} {e['accuracy']:.3f}" for e in rows
-                                             if e["strategy"] in ("pass@1", f"maj@{cfg.samples}", "adaptive")))
-        if budget is None:
-            result["overthinking"] = report(traces_of(pool, examples, correct, tok))
+        entries += budget_entries(engine, task, examples, prm, budget, cfg, tok, result, log)
         save()
     if prm is not None:
-        params = SamplingParams(cfg.max_new_tokens, cfg.temperature)
-        for n in _ints(cfg.search_n):
-            for diverse, name in ((False, "beam_search"), (True, "dvts")):
-                if diverse and n == cfg.search_width:
-                    continue  # one subtree: DVTS is beam search with a single beam, already measured
-                res = []
-                for i in range(0, len(prompts), cfg.chunk):
-                    res += step_search(engine, prm, prompts[i:i + cfg.chunk], n, cfg.search_width, params,
-                                       cfg.seed + 2 + i, diverse=diverse)
-                # The verifier reads a completion; the chosen answer is put back behind a closed thinking.
-                entries.append(entry(name, n, None, [r.answer is not None and task.verify(
-                    f"<think></think>{r.answer}", ex).status == "correct" for r, ex in zip(res, examples)],
-                    [r.tokens for r in res], diff, width=cfg.search_width, leaves=mean(r.samples for r in res),
-                    prm_scored_tokens=sum(r.scored_tokens for r in res)))
-                log(f"{name} n={n}: {entries[-1]['accuracy']:.3f} with {entries[-1]['generated_tokens']} tokens")
-                save()
+        for e in search_entries(engine, task, examples, prm, cfg, diff):
+            entries.append(e)
+            log(f"{e['strategy']} n={e['samples']}: {e['accuracy']:.3f} with {e['generated_tokens']} tokens")
+            save()
     result["bar"] = bar(entries, cfg.samples)
     result["complete"] = True
     save()
     return result
+
+
+def budget_entries(engine, task, examples, prm, budget, cfg: ScaleConfig, tok, result: dict, log) -> list[dict]:
+    """Pass@1, voting, adaptive and PRM-weighted rows of one sampled pool at one thinking budget."""
+    from ponder.inference.overthinking import report, traces_of
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, thinking_budget=budget)
+    groups = rollout(engine, task, examples, cfg.samples, params, cfg.seed + 1, cfg.chunk).groups
+    pool = [list(g.samples) for g in groups]
+    correct = [g.correct for g in groups]
+    answers = [[extract(s) for s in g] for g in pool]
+    scores = None
+    if prm is not None:
+        flat = prm.score([list(s.prompt_ids) for g in pool for s in g],
+                         [[t for t in s.ids if t != engine.eos_id] for g in pool for s in g])
+        scores = [flat[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(pool))]
+    rows = pool_entries(pool, answers, correct, scores, examples, budget, cfg)
+    think = [s.thinking_tokens for g in pool for s in g]
+    for e in rows:
+        e["mean_thinking_tokens"] = mean(think)
+        e["max_thinking_tokens"] = max(think)
+    log(f"budget {budget}: " + "  ".join(f"{e['strategy']} {e['accuracy']:.3f}" for e in rows
+                                         if e["strategy"] in ("pass@1", f"maj@{cfg.samples}", "adaptive")))
+    if budget is None:
+        result["overthinking"] = report(traces_of(pool, examples, correct, tok))
+    return rows
+
+
+def search_entries(engine, task, examples, prm, cfg: ScaleConfig, diff: list[int]):
+    """PRM-guided beam search and DVTS at each `search_n`, one table row at a time."""
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature)
+    prompts = [ex.prompt for ex in examples]
+    for n in _ints(cfg.search_n):
+        for diverse, name in ((False, "beam_search"), (True, "dvts")):
+            if diverse and n == cfg.search_width:
+                continue  # one subtree: DVTS is beam search with a single beam, already measured
+            res = []
+            for i in range(0, len(prompts), cfg.chunk):
+                res += step_search(engine, prm, prompts[i:i + cfg.chunk], n, cfg.search_width, params,
+                                   cfg.seed + 2 + i, diverse=diverse)
+            # The verifier reads a completion; the chosen answer is put back behind a closed thinking.
+            hits = [r.answer is not None and task.verify(f"<think></think>{r.answer}", ex).status == "correct"
+                    for r, ex in zip(res, examples)]
+            yield entry(name, n, None, hits, [r.tokens for r in res], diff, width=cfg.search_width,
+                        leaves=mean(r.samples for r in res), prm_scored_tokens=sum(r.scored_tokens for r in res))
 
 
 def plot(entries: list[dict], path: str | Path, title: str) -> None:

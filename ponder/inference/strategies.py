@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from ponder.engine.engine import Engine, Sample, SamplingParams, row_seed
 from ponder.core.stats import majority_vote, weighted_vote
-from ponder.tasks.base import THINK_CLOSE, answer_text
+from ponder.core.think import THINK_CLOSE, answer_text
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,11 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32):
     return model, tok
 
 
+def load_tokenizer(name_or_path: str | Path):
+    """The tokenizer of a model folder, without loading its weights."""
+    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+
+
 def save_model(model, tokenizer, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,42 +25,78 @@ import torch
 
 EPS = 1e-6
 
+# Invalid verdicts (the checker could not judge) arrive as NaN rewards. They are left out
+# of every group statistic -- mean, std, leave-one-out baseline, length range -- and get
+# advantage 0: filling them with the group mean instead would shrink the std and inflate
+# the valid rows' advantages. Groups without NaN take the plain formulas unchanged.
+
+
+def _masked(rewards: torch.Tensor, plain: torch.Tensor, masked_fn) -> torch.Tensor:
+    """`plain` for groups without NaN, `masked_fn(rewards, valid)` for the others."""
+    valid = ~torch.isnan(rewards)
+    if bool(valid.all()):
+        return plain
+    return torch.where(valid.all(dim=1, keepdim=True), plain, masked_fn(rewards, valid))
+
 
 def grpo_advantages(rewards: torch.Tensor, scale: bool = True) -> torch.Tensor:
     """(P, G) -> (P, G): reward minus the group mean, divided by the group std if `scale`.
 
     `scale=False` is Dr. GRPO, which drops the std division (it over-weights
     near-uniform groups). Uses the unbiased std, as the GRPO paper's code does.
+    NaN rewards (invalid verdicts) are left out of the statistics and get 0.
 
     >>> grpo_advantages(torch.tensor([[1., 0., 0., 1.]]), scale=False)
     tensor([[ 0.5000, -0.5000, -0.5000,  0.5000]])
+    >>> grpo_advantages(torch.tensor([[1., 0., float("nan")]]), scale=False)
+    tensor([[ 0.5000, -0.5000,  0.0000]])
     """
     centered = rewards - rewards.mean(dim=1, keepdim=True)
+    plain = centered / (rewards.std(dim=1, keepdim=True) + EPS) if scale else centered
+    return _masked(rewards, plain, lambda r, v: _masked_grpo(r, v, scale))
+
+
+def _masked_grpo(rewards: torch.Tensor, valid: torch.Tensor, scale: bool) -> torch.Tensor:
+    n = valid.sum(dim=1, keepdim=True)
+    mean = torch.where(valid, rewards, 0.0).sum(dim=1, keepdim=True) / n.clamp_min(1)
+    centered = torch.where(valid & (n >= 2), rewards - mean, 0.0)
     if not scale:
         return centered
-    return centered / (rewards.std(dim=1, keepdim=True) + EPS)
+    std = (centered.pow(2).sum(dim=1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
+    return centered / (std + EPS)
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """(P, G) -> (P, G): reward minus the mean of the *other* G-1 samples (leave-one-out).
+    NaN rewards (invalid verdicts) are neither baselines nor targets: they get 0.
 
     >>> rloo_advantages(torch.tensor([[1., 0., 0.]]))
     tensor([[ 1.0000, -0.5000, -0.5000]])
+    >>> rloo_advantages(torch.tensor([[1., 0., 0., float("nan")]]))
+    tensor([[ 1.0000, -0.5000, -0.5000,  0.0000]])
     """
     G = rewards.size(1)
     if G < 2:
         raise ValueError(f"RLOO needs at least 2 samples per group, got {G}")
     others = (rewards.sum(dim=1, keepdim=True) - rewards) / (G - 1)
-    return rewards - others
+    return _masked(rewards, rewards - others, _masked_rloo)
 
 
-def length_rewards(lengths: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+def _masked_rloo(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    n = valid.sum(dim=1, keepdim=True)
+    r = torch.where(valid, rewards, 0.0)
+    others = (r.sum(dim=1, keepdim=True) - r) / (n - 1).clamp_min(1)
+    return torch.where(valid & (n >= 2), r - others, 0.0)
+
+
+def length_rewards(lengths: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """(P, G) completion lengths and (P, G) bool correctness -> (P, G) length rewards.
 
     Kimi k1.5's long2short reward: within a group, lam = 0.5 - (len - min) / (max - min),
     from +0.5 for the shortest sample to -0.5 for the longest. Correct samples get lam;
     wrong ones get min(0, lam), so being short never pays for being wrong. Groups whose
-    samples are all the same length get 0.
+    samples are all the same length get 0. Rows with `valid` False (invalid verdicts) take
+    no part in the range and get 0.
 
     >>> length_rewards(torch.tensor([[10., 20., 30., 30.]]), torch.tensor([[True, True, True, False]]))
     tensor([[ 0.5000,  0.0000, -0.5000, -0.5000]])
@@ -68,19 +104,24 @@ def length_rewards(lengths: torch.Tensor, correct: torch.Tensor) -> torch.Tensor
     tensor([[ 0.0000, -0.5000]])
     """
     lengths = lengths.float()
-    lo = lengths.min(dim=1, keepdim=True).values
-    span = lengths.max(dim=1, keepdim=True).values - lo
-    lam = torch.where(span > 0, 0.5 - (lengths - lo) / span.clamp_min(EPS), torch.zeros_like(lengths))
+    valid = torch.ones_like(correct) if valid is None else valid
+    lo = torch.where(valid, lengths, torch.inf).min(dim=1, keepdim=True).values
+    span = torch.where(valid, lengths, -torch.inf).max(dim=1, keepdim=True).values - lo
+    ranged = valid & (span > 0)  # span is NaN/-inf where fewer than one valid row
+    lam = torch.where(ranged, 0.5 - (lengths - lo) / span.clamp_min(EPS), torch.zeros_like(lengths))
     return torch.where(correct, lam, lam.clamp(max=0.0))
 
 
 def informative_groups(rewards: torch.Tensor) -> torch.Tensor:
-    """(P, G) -> (P,) bool: groups whose rewards are not all equal (they carry a gradient).
+    """(P, G) -> (P,) bool: groups whose valid (non-NaN) rewards are not all equal (they carry a gradient).
 
-    >>> informative_groups(torch.tensor([[1., 1.], [0., 1.]]))
-    tensor([False,  True])
+    >>> informative_groups(torch.tensor([[1., 1.], [0., 1.], [1., float("nan")]]))
+    tensor([False,  True, False])
     """
-    return (rewards.max(dim=1).values - rewards.min(dim=1).values) > EPS
+    valid = ~torch.isnan(rewards)
+    hi = torch.where(valid, rewards, -torch.inf).max(dim=1).values
+    lo = torch.where(valid, rewards, torch.inf).min(dim=1).values
+    return (valid.sum(dim=1) >= 2) & ((hi - lo) > EPS)
 
 
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,

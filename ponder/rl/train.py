@@ -37,11 +37,11 @@ from ponder.engine.engine import Engine, Sample, SamplingParams, rollout_copy
 from ponder.rl.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_advantages, informative_groups,
                          kl_k3, length_rewards)
 from ponder.core.metrics import peak_rss_gb, rollout_metrics
-from ponder.models.model import load_model, save_model
+from ponder.models.model import load_model, load_tokenizer, save_model
 from ponder.core.runlog import RunLog
-from ponder.tasks.base import Example, Task, format_score
-from ponder.core.verdict import Verdict
-from ponder.verifiers.batch import VERIFY_THREADS, verify_batch
+from ponder.core.think import format_score
+from ponder.tasks.base import Example, Task
+from ponder.rl.rollout import Group, rollout, verdict_score
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -125,66 +125,61 @@ class RLConfig(TaskFields):
                               f"{self.prompts_per_step * self.group_size} rows")
 
 
-# -- rewards -------------------------------------------------------------------------
-def score(task: Task, samples: list[Sample], examples: list[Example], format_weight: float):
-    """Verdicts and rewards for a flat list of samples; invalid verdicts get reward NaN."""
-    # Concurrent: math checks run in worker processes and code in sandboxes, so threads
-    # only wait on them; a verifier that raises becomes `invalid` for that sample.
-    verdicts: list[Verdict] = verify_batch(task, [s.text for s in samples], examples, threads=VERIFY_THREADS)
-    rewards = [float("nan") if v.status == "invalid" else v.score + format_weight * format_score(s.text)
-               for s, v in zip(samples, verdicts)]
-    return verdicts, rewards
-
-
-def fill_invalid(rewards: torch.Tensor) -> torch.Tensor:
-    """(P, G): replace NaN (invalid verdicts) by the group's mean valid reward, so their advantage is 0."""
-    valid = ~torch.isnan(rewards)
-    mean = torch.where(valid, rewards, 0).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp_min(1)
-    return torch.where(valid, rewards, mean.expand_as(rewards))
-
-
 # -- rollouts --------------------------------------------------------------------------
 def step_examples(task: Task, cfg: RLConfig, step: int, round_: int) -> list[Example]:
     """The prompts of one step (and refill round): a pure function of (seed, step, round)."""
     return task.examples("train", cfg.prompts_per_step, seed=cfg.seed * 1_000_003 + step * 101 + round_)
 
 
-def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int) -> dict:
+def reward_fn(cfg: RLConfig):
+    """The task's verdict score, plus the optional <think> format reward."""
+    if not cfg.format_weight:
+        return verdict_score
+    return lambda s, v: v.score + cfg.format_weight * format_score(s.text)
+
+
+def group_rewards(group: Group, length_weight: float) -> torch.Tensor:
+    """(G,) rewards of one group: NaN where invalid, plus the length reward on valid rows."""
+    r = torch.tensor([group.rewards])  # (1, G)
+    if length_weight:
+        r = r + length_weight * length_rewards(torch.tensor([[len(s.ids) for s in group.samples]]),
+                                               torch.tensor([group.correct]), torch.tensor([group.valid]))
+    return r[0]
+
+
+@dataclass(frozen=True)
+class StepRollouts:
+    groups: list[Group]  # the groups the update trains on (informative ones with dynamic sampling)
+    rewards: list[torch.Tensor]  # (G,) per group, as the advantages see them
+    metrics: dict
+
+
+def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int) -> StepRollouts:
     """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups."""
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-    groups, all_samples, all_verdicts, all_rewards = [], [], [], []
+    kept: list[tuple[Group, torch.Tensor]] = []
+    seen: list[Group] = []
     gen_s, gen_tokens, zero_var = 0.0, 0, []
     for round_ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
-        examples = step_examples(task, cfg, step, round_)
-        out = engine.generate([e.prompt for e in examples], cfg.group_size, params,
-                              seed=cfg.seed * 7_919 + step * 13 + round_)
-        gen_s += engine.last_stats.seconds
-        gen_tokens += engine.last_stats.generated_tokens
-        flat = [s for group in out for s in group]
-        flat_verdicts, flat_rewards = score(task, flat, [ex for ex, g in zip(examples, out) for _ in g],
-                                            cfg.format_weight)  # the whole round at once: one pool
-        G = cfg.group_size
-        for i, (ex, group) in enumerate(zip(examples, out)):
-            verdicts, rewards = flat_verdicts[i * G:(i + 1) * G], flat_rewards[i * G:(i + 1) * G]
-            all_samples += group
-            all_verdicts += verdicts
-            all_rewards += rewards
-            r = fill_invalid(torch.tensor([rewards]))
-            if cfg.length_weight:
-                r = r + cfg.length_weight * length_rewards(torch.tensor([[len(s.ids) for s in group]]),
-                                                           torch.tensor([[v.ok for v in verdicts]]))
-            informative = bool(informative_groups(r)[0])
+        out = rollout(engine, task, step_examples(task, cfg, step, round_), cfg.group_size, params,
+                      seed=cfg.seed * 7_919 + step * 13 + round_, reward=reward_fn(cfg), policy_version=step)
+        gen_s, gen_tokens = gen_s + out.seconds, gen_tokens + out.generated_tokens
+        for group in out.groups:
+            r = group_rewards(group, cfg.length_weight)
+            informative = bool(informative_groups(r[None])[0])
             if round_ == 0:
                 zero_var.append(not informative)
             if informative or not cfg.dynamic_sampling:
-                groups.append((group, r[0], verdicts))
-        if not cfg.dynamic_sampling or len(groups) >= cfg.prompts_per_step:
+                kept.append((group, r))
+        seen += out.groups
+        if not cfg.dynamic_sampling or len(kept) >= cfg.prompts_per_step:
             break
-    groups = groups[: cfg.prompts_per_step]
-    metrics = rollout_metrics(all_samples, all_verdicts, [r for r in all_rewards if not math.isnan(r)] or [0.0])
+    kept = kept[: cfg.prompts_per_step]
+    rewards = [x for g in seen for x in g.rewards if not math.isnan(x)] or [0.0]
+    metrics = rollout_metrics([s for g in seen for s in g.samples], [v for g in seen for v in g.verdicts], rewards)
     metrics.update(zero_var_frac=sum(zero_var) / len(zero_var), gen_seconds=gen_s,
-                   tokens_per_s=gen_tokens / gen_s if gen_s else 0.0, groups_used=len(groups))
-    return {"groups": groups, "metrics": metrics}
+                   tokens_per_s=gen_tokens / gen_s if gen_s else 0.0, groups_used=len(kept))
+    return StepRollouts([g for g, _ in kept], [r for _, r in kept], metrics)
 
 
 # -- policy update -----------------------------------------------------------------------
@@ -270,11 +265,11 @@ def chunk_tokens(model, micro_batch_tokens: int) -> int:
     return max(1, ACTIVATION_BUDGET // width) if width else 0
 
 
-def trimmed(batch: dict, rows: torch.Tensor) -> tuple:
+def trimmed(batch: RLBatch, rows: torch.Tensor) -> tuple:
     """(ids, attn, comp) of `rows`, cut to their longest sequence: right padding beyond it
     is dead compute, and nothing beyond it enters the loss."""
-    L = int(batch["attn"][rows].sum(1).max())
-    return batch["ids"][rows, :L], batch["attn"][rows, :L], batch["comp"][rows, :L - 1]
+    L = int(batch.attn[rows].sum(1).max())
+    return batch.ids[rows, :L], batch.attn[rows, :L], batch.comp[rows, :L - 1]
 
 
 # Share of one row chunk in its minibatch's aggregate, so that the chunks' weighted losses
@@ -286,11 +281,11 @@ CHUNK_WEIGHTS = {
 
 
 @torch.no_grad()
-def chunked_logprobs(model, batch: dict, micro_batch: int, precision: str, max_tokens: int = 0) -> torch.Tensor:
+def chunked_logprobs(model, batch: "RLBatch", micro_batch: int, precision: str, max_tokens: int = 0) -> torch.Tensor:
     """(B, L-1) completion log-probs of the whole batch, one `row_chunks` chunk at a time."""
-    B, L = batch["ids"].shape
+    B, L = batch.ids.shape
     out = torch.zeros((B, L - 1))
-    for rows in row_chunks(torch.arange(B), batch["attn"].sum(1), micro_batch, max_tokens):
+    for rows in row_chunks(torch.arange(B), batch.attn.sum(1), micro_batch, max_tokens):
         ids, attn, comp = trimmed(batch, rows)
         with autocast(precision):
             logp, _ = completion_logprobs(model, ids, attn, comp)
@@ -298,16 +293,16 @@ def chunked_logprobs(model, batch: dict, micro_batch: int, precision: str, max_t
     return out
 
 
-def update_policy(model, ref_model, opt, batch: dict, cfg: RLConfig, advantage_fn, aggregate) -> dict:
+def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggregate) -> dict:
     """Steps 5-7: clipped surrogate (+ optional KL), aggregated, for `epochs` x `minibatches`.
 
     Each minibatch is one optimizer step; its forward/backward runs in chunks of at
     most `micro_batch` rows and `micro_batch_tokens` tokens whose gradients accumulate (weighted by `CHUNK_WEIGHTS`), so
     peak memory follows the chunk, not the batch.
     """
-    comp, adv = batch["comp"], batch["adv"]
+    comp, adv = batch.comp, batch.adv
     B = comp.size(0)
-    lengths = batch["attn"].sum(1)
+    lengths = batch.attn.sum(1)
     max_tokens = chunk_tokens(model, cfg.micro_batch_tokens)
     old_logp = (chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, max_tokens)
                 if cfg.epochs > 1 or cfg.minibatches > 1 else None)
@@ -354,55 +349,81 @@ def update_policy(model, ref_model, opt, batch: dict, cfg: RLConfig, advantage_f
     return {k: v / n_updates for k, v in stats.items()}
 
 
-def build_batch(groups, pad_id: int, advantage_fn) -> dict:
-    samples = [s for g, _, _ in groups for s in g]
-    rewards = torch.stack([r for _, r, _ in groups])  # (P, G)
-    adv = advantage_fn(rewards).reshape(-1)  # (B,)
+@dataclass(frozen=True)
+class RLBatch:
+    """What the update trains on; every tensor has B = P*G rows."""
+    ids: torch.Tensor  # (B, L) prompt + completion, right-padded
+    attn: torch.Tensor  # (B, L)
+    comp: torch.Tensor  # (B, L-1) 1 where the next token is a completion token of a valid row
+    adv: torch.Tensor  # (B,) one advantage per sequence
+
+
+def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
+    samples = [s for g in rolled.groups for s in g.samples]
+    adv = advantage_fn(torch.stack(rolled.rewards)).reshape(-1)  # (P, G) -> (B,)
     ids, attn, comp = pack(samples, pad_id)
-    invalid = torch.tensor([v.status == "invalid" for _, _, vs in groups for v in vs])
+    invalid = torch.tensor([not ok for g in rolled.groups for ok in g.valid])
     comp[invalid] = 0.0  # a verifier failure teaches nothing: masked out of the loss
-    return {"ids": ids, "attn": attn, "comp": comp, "adv": adv}
+    return RLBatch(ids, attn, comp, adv)
 
 
 # -- the run -----------------------------------------------------------------------------
+def _policy(cfg: RLConfig, checkpoint: Path | None = None):
+    """The policy to train: the start model (with fresh LoRA adapters when asked), or the
+    weights of `checkpoint` on resume -- loaded once either way."""
+    if checkpoint is not None and not lora.is_adapter_folder(checkpoint):
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    else:
+        model = load_model(cfg.model)[0]
+        if checkpoint is not None:  # LoRA checkpoints hold the adapter; the base comes from cfg.model
+            model = lora.load_adapter_checkpoint(model, checkpoint)
+        elif cfg.lora_rank:
+            model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    plain = lora.plain_model(model)
+    if cfg.precision == "bf16" and hasattr(plain, "set_attn_implementation"):
+        # CPU flash attention's bf16 backward is slower than eager attention at RL lengths
+        # (SmolLM2-135M, 16 rows x 100 tokens: 7.6 s vs 4.7 s); rollouts use ponder's decoder anyway.
+        plain.set_attn_implementation("eager")
+    return model
+
+
+def _optimizer(model, cfg: RLConfig):
+    return torch.optim.AdamW(lora.trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             betas=(0.9, 0.99))
+
+
+def setup(cfg: RLConfig, resume: bool, log_prefix: str = ""):
+    """(model, optimizer, tokenizer, first step): fresh, or restored from the newest good checkpoint."""
+    tok = load_tokenizer(cfg.model)
+    if not resume:
+        model = _policy(cfg)
+        return model, _optimizer(model, cfg), tok, 0
+    last, state = ckpt.load_latest(Path(cfg.out) / "checkpoints", ckpt.load_state)
+    model = _policy(cfg, last)
+    opt = _optimizer(model, cfg)
+    opt.load_state_dict(state["optimizer"])
+    ckpt.set_rng_state(state["rng"])
+    print(f"{log_prefix}resuming from {last.name} (step {state['step']} of {cfg.steps})")
+    return model, opt, tok, state["step"]
+
+
+def reference_model(cfg: RLConfig):
+    """The frozen start model for the KL term (and its tracking), or None."""
+    if not (cfg.kl_coef > 0 or cfg.track_kl):
+        return None
+    ref = load_model(cfg.model)[0]
+    return ref.requires_grad_(False)
+
+
 def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     C.set_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_model(cfg.model)
+    model, opt, tok, start = setup(cfg, resume, log_prefix)
     task = make_task(cfg, tok)
-    ref_model = None
-    if cfg.kl_coef > 0 or cfg.track_kl:
-        ref_model, _ = load_model(cfg.model)
-        ref_model.requires_grad_(False)
-    if cfg.precision == "bf16" and hasattr(model, "set_attn_implementation"):
-        # CPU flash attention's bf16 backward is slower than eager attention at RL lengths
-        # (SmolLM2-135M, 16 rows x 100 tokens: 7.6 s vs 4.7 s); rollouts use ponder's decoder anyway.
-        model.set_attn_implementation("eager")
-    if cfg.lora_rank:
-        model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-    opt = torch.optim.AdamW(lora.trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            betas=(0.9, 0.99))
-    start = 0
+    ref_model = reference_model(cfg)
     ck_root = out / "checkpoints"
-    if resume:
-        last = ckpt.latest(ck_root)
-        if last is None:
-            raise ConfigError(f"--resume: no complete checkpoint under {str(ck_root)!r}")
-        from transformers import AutoModelForCausalLM
-        if lora.is_adapter_folder(last):  # LoRA checkpoints hold the adapter; the base comes from cfg.model
-            model = lora.load_adapter_checkpoint(load_model(cfg.model)[0], last)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(last, dtype=torch.float32)
-        if cfg.precision == "bf16" and hasattr(lora.plain_model(model), "set_attn_implementation"):
-            lora.plain_model(model).set_attn_implementation("eager")
-        opt = torch.optim.AdamW(lora.trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                betas=(0.9, 0.99))
-        state = ckpt.load_state(last)
-        opt.load_state_dict(state["optimizer"])
-        ckpt.set_rng_state(state["rng"])
-        start = state["step"]
-        print(f"{log_prefix}resuming from {last.name} (step {start} of {cfg.steps})")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" else ADVANTAGES[cfg.advantage]
     aggregate = AGGREGATIONS[cfg.loss_agg]
@@ -422,13 +443,13 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
             sampler = rollout_copy(lora.plain_model(model), cfg.precision, sampler)
             engine = Engine(sampler, tok)
             rolled = sample_groups(engine, task, cfg, step)
-            metrics = dict(rolled["metrics"])
-            if rolled["groups"]:
+            metrics = dict(rolled.metrics)
+            if rolled.groups:
                 model.train()
-                batch = build_batch(rolled["groups"], engine.pad_id, advantage_fn)
+                batch = build_batch(rolled, engine.pad_id, advantage_fn)
                 t1 = time.perf_counter()
                 try:
-                    metrics.update(update_policy(model, ref_model, opt, batch, cfg, advantage_fn, aggregate))
+                    metrics.update(update_policy(model, ref_model, opt, batch, cfg, aggregate))
                 except FloatingPointError as e:
                     last = ckpt.latest(ck_root)
                     raise FloatingPointError(

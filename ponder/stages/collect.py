@@ -33,12 +33,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ponder.core import config as C
+from ponder.rl.rollout import rollout
 from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.engine.budget import parse_budgets
 from ponder.engine.engine import Engine, Sample, SamplingParams
 from ponder.models.model import load_model, resolve_model_path
-from ponder.tasks.base import SPLITS, Example, Task, format_score
+from ponder.core.think import format_score
+from ponder.tasks.base import SPLITS, Example, Task
 from ponder.core.verdict import Verdict
 
 KEEP = ("all", "shortest")
@@ -151,14 +153,14 @@ def collect(cfg: CollectConfig) -> dict:
     with tmp.open("w") as f:
         for start in range(0, len(examples), cfg.chunk):
             chunk = examples[start:start + cfg.chunk]
-            prompts = [e.prompt for e in chunk]
-            by_budget = [engine.generate(prompts, cfg.k, SamplingParams(cfg.max_new_tokens, cfg.temperature,
-                                                                        cfg.top_p, thinking_budget=b),
-                                         seed=cfg.seed * 7_919 + start + 104_729 * j)
+            # seeds follow each problem's index in the whole collection, not in its chunk
+            by_budget = [rollout(engine, task, chunk, cfg.k, SamplingParams(cfg.max_new_tokens, cfg.temperature,
+                                                                            cfg.top_p, thinking_budget=b),
+                                 seed=cfg.seed * 7_919 + 104_729 * j, index_offset=start).groups
                          for j, b in enumerate(budgets)]
             for i, ex in enumerate(chunk):
-                group = [s for groups in by_budget for s in groups[i]]
-                verdicts = [task.verify(s.text, ex) for s in group]
+                group = [s for groups in by_budget for s in groups[i].samples]
+                verdicts = [v for groups in by_budget for v in groups[i].verdicts]
                 encodable = [round_trips(tok, s) for s in group]
                 n_unencodable += len(group) - sum(encodable)
                 kept = accept(group, verdicts, cfg.keep, cfg.readable, encodable, budget_of, cfg.min_budget_accuracy)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ponder.core import checkpoint as ckpt
 from ponder.core import config as C
-from ponder.tasks.base import THINK_CLOSE, THINK_OPEN
+from ponder.core.think import THINK_CLOSE, THINK_OPEN
 from ponder.tasks.chat import ChatTask
 from ponder.tasks.spec import TaskFields, make_task, parse_task_options
 from ponder.core.config import ConfigError, check_choices, option

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 
 from ponder.core.config import ConfigError
-from ponder.tasks.base import Example, Task, answer_text, check_split, split_of
+from ponder.core.think import answer_text
+from ponder.tasks.base import Example, Task, check_split, split_of
 from ponder.core.verdict import Verdict, correct, wrong
 
 OPS = ("add", "mul")

@@ -30,7 +30,8 @@ import re
 from dataclasses import replace
 
 from ponder.core.config import ConfigError
-from ponder.tasks.base import THINK_CLOSE, THINK_OPEN, Example, Task
+from ponder.core.think import THINK_CLOSE, THINK_OPEN, split_thinking
+from ponder.tasks.base import Example, Task
 from ponder.core.verdict import Verdict, wrong
 
 PROMPT_FORMATS = ("auto", "raw", "chat", "chat_think")
@@ -66,21 +67,6 @@ def numbers_in(text: str) -> list[str]:
     ['3', '4', '7', '1024']
     """
     return [m.group().replace(",", "").rstrip(",") for m in _NUMBER.finditer(text)]
-
-
-def split_thinking(completion: str) -> tuple[str, str]:
-    """(thinking, answer part): the answer part is what follows the last `</think>`,
-    or the whole completion when it never thinks.
-
-    >>> split_thinking("<think>3+4</think> 7"), split_thinking("7")
-    (('3+4', ' 7'), ('', '7'))
-    """
-    i = completion.rfind(THINK_CLOSE)
-    if i < 0:
-        return "", completion
-    think = completion[:i]
-    j = think.find(THINK_OPEN)
-    return think[j + len(THINK_OPEN):] if j >= 0 else think, completion[i + len(THINK_CLOSE):]
 
 
 def canonical_completion(completion: str, gold: str) -> str | None:

@@ -15,7 +15,8 @@ from collections import Counter
 from fractions import Fraction
 
 from ponder.core.config import ConfigError
-from ponder.tasks.base import Example, Task, answer_text, check_split, split_of
+from ponder.core.think import answer_text
+from ponder.tasks.base import Example, Task, check_split, split_of
 from ponder.core.verdict import Verdict, correct, wrong
 
 MAX_ANSWER_CHARS = 200  # a real answer is short; anything longer is refused before parsing

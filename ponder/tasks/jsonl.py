@@ -95,7 +95,10 @@ class JsonlTask(Task):
         self.grader = make_grader(grader, self.path.parent)
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
-        """Up to `n` examples of `split`, in an order shuffled by `seed` (a file has only so many)."""
+        """Up to `n` examples of `split`, in an order shuffled by `seed` (a file has only so many);
+        split "all" gives the file's first `n` lines in order (a held-out file, every line)."""
+        if split == "all":
+            return [ex for _, ex in self.rows][:n]
         check_split(split)
         pool = [ex for s, ex in self.rows if s == split]
         random.Random(f"{self.path.name}/{split}/{seed}").shuffle(pool)

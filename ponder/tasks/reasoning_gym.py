@@ -28,7 +28,8 @@ import re
 from typing import Any
 
 from ponder.core.config import ConfigError
-from ponder.tasks.base import Example, Task, answer_text, check_split, split_of
+from ponder.core.think import answer_text
+from ponder.tasks.base import Example, Task, check_split, split_of
 from ponder.core.verdict import Verdict, correct, invalid, wrong
 
 PREFIX = "rg:"  # registry names look like "rg:leg_counting"
