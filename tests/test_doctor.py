@@ -420,3 +420,13 @@ def test_report_page_has_the_findings(tmp_path):
     (tmp_path / "run" / "config.json").write_text("{oops")
     page = write_report(tmp_path / "run").read_text()
     assert "doctor could not check the run: config.json line 1: not valid JSON" in page
+
+
+def test_problems_are_listed_earliest_first(tmp_path):
+    rows = healthy_rows()
+    plant_kl(rows)  # KL runs away from step 41 ...
+    for r in rows[60:]:  # ... and the model is broken from step 61
+        r.update(reward=0.0, accuracy=0.0, zero_var_frac=1.0, loss=0.0, grad_norm=0.0)
+    problems = [f for f in diagnose_dir(write_run(tmp_path / "run", rows)) if f.severity == "problem"]
+    assert [f.code for f in problems][:2] == ["kl_blowup", "no_signal"]
+    assert [f.steps[0] for f in problems] == sorted(f.steps[0] for f in problems)

@@ -815,8 +815,9 @@ def deduplicate(findings: list[Finding]) -> list[Finding]:
 
 
 def _order(f: Finding) -> tuple:
-    return (f.stage, SEVERITIES.index(f.severity), CODES.index(f.code) if f.code in CODES else len(CODES),
-            f.steps or (0, 0))
+    # Within a severity the earliest first: a cause (a KL blow-up at step 2) precedes its effects.
+    return (f.stage, SEVERITIES.index(f.severity), (f.steps or (0, 0))[0],
+            CODES.index(f.code) if f.code in CODES else len(CODES))
 
 
 def diagnose(run: Run) -> list[Finding]:
