@@ -430,3 +430,15 @@ def test_problems_are_listed_earliest_first(tmp_path):
     problems = [f for f in diagnose_dir(write_run(tmp_path / "run", rows)) if f.severity == "problem"]
     assert [f.code for f in problems][:2] == ["kl_blowup", "no_signal"]
     assert [f.steps[0] for f in problems] == sorted(f.steps[0] for f in problems)
+
+
+def test_entropy_sharpening_on_a_solved_task_is_only_a_note(tmp_path):
+    rows = healthy_rows()
+    for r in rows[30:]:  # 15% of the start, as the quickstart's run does, while accuracy is ~0.85
+        r["entropy"] = 0.15
+    f = next(f for f in diagnose_dir(write_run(tmp_path / "run", rows)) if f.code == "entropy_collapse")
+    assert f.severity == "info"
+    for r in rows:
+        r["reward"] = r["accuracy"] = min(r["accuracy"], 0.6)
+    f = next(f for f in diagnose_dir(write_run(tmp_path / "run2", rows)) if f.code == "entropy_collapse")
+    assert f.severity == "problem"

@@ -67,7 +67,7 @@ NO_SIGNAL_MIN_STEPS, NO_SIGNAL_MIN_SHARE = 3, 0.10
 ZERO_VAR_WARN, ZERO_VAR_PROBLEM = 0.60, 0.80
 ZERO_VAR_MIN_STEPS, ZERO_VAR_MIN_SHARE = 5, 0.25  # "a long stretch": a quarter of the run
 # entropy_collapse: smoothed entropy relative to the first steps'. The quickstart falls to ~13% of
-# its start while accuracy climbs to ~0.9 (sharpening on a task it solves): a warning. Below 5% (or
+# its start while accuracy climbs to ~0.9 (sharpening on a task it solves): an info. Below 5% (or
 # under 1e-3 nats/token) sampling is greedy in all but name; below 25% with accuracy under 0.8 the
 # model stopped exploring before it solved the task.
 ENTROPY_LOW_RATIO, ENTROPY_SEVERE_RATIO, ENTROPY_FLOOR = 0.25, 0.05, 1e-3
@@ -506,14 +506,14 @@ def check_entropy_collapse(run: Run) -> list[Finding]:
     acc = value_at(run, "accuracy", first, last)
     severe = low <= ENTROPY_SEVERE_RATIO * start or low <= ENTROPY_FLOOR
     unsolved = acc is not None and acc < ENTROPY_SOLVED_ACC
-    severity = "problem" if severe or unsolved else "warning"
+    severity = "problem" if severe or unsolved else "warning" if acc is None else "info"
     t = run.config.get("temperature")
     return [Finding("entropy_collapse", severity, (first, last),
                     f"entropy fell from {start:.3g} to {low:.3g} nats/token ({_pct(low / start)} of its start) at "
                     f"steps {first}-{last}{f' while accuracy was {acc:.2f}' if acc is not None else ''}: samples in a "
                     "group become copies of each other, so groups stop carrying signal"
-                    + ("." if severity == "problem" else "; harmless while accuracy stays high, but little "
-                       "exploration is left."),
+                    + ("." if severity == "problem" else "; harmless while accuracy stays high (the policy "
+                       "sharpens on a task it mostly solves), but little exploration is left."),
                     f"Keep exploration: raise --temperature{f' (now {t})' if t is not None else ''}, raise "
                     "--clip-high (DAPO clip-higher), lower --lr, or add --kl-coef; resume from a checkpoint "
                     f"before step {first}.")]
