@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "scale": ("ponder.inference.scale:main", "inference-time scaling: strategies x thinking budgets x samples -> JSON table and plot"),
     "train-prm": ("ponder.inference.prm:main", "train a process reward model (value head) from verifier-labelled step prefixes"),
     "overthink": ("ponder.inference.overthinking:main", "accuracy vs thinking length per difficulty; tokens after the first correct step"),
+    "serve": ("ponder.serve.app:main", "OpenAI- and Anthropic-compatible HTTP server with continuous batching and a chat page"),
 }
 
 

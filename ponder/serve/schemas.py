@@ -1,0 +1,100 @@
+"""Request bodies of the two APIs `ponder serve` speaks, as strict pydantic models.
+
+Strict: a wrong type is refused, never coerced ("5" is not an int), so a bad
+request fails at once with the field's name; an out-of-range number names its
+range, an unknown effort level names the valid ones (pydantic's own messages).
+Unknown fields are ignored, as the OpenAI and Anthropic clients send some
+(`user`, `metadata`, ...) that change nothing here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_N = 16  # choices per request; more is a batch job, not a chat request
+MAX_STOP = 4  # stop strings per request, as in the OpenAI API
+EFFORTS = ("none", "minimal", "low", "medium", "high")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatRequest(_Strict):
+    """OpenAI Chat Completions, plus `thinking_budget` and `include_reasoning`."""
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    thinking_budget: int | None = Field(None, ge=-1)  # 0 off, N cap, -1 adaptive; wins over reasoning_effort
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)  # the older name of max_completion_tokens
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: Union[str, Annotated[list[str], Field(max_length=MAX_STOP)], None] = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    include_reasoning: bool | None = None  # False: reasoning is counted in usage but not returned
+
+
+class ThinkingEnabled(_Strict):
+    type: Literal["enabled"]
+    budget_tokens: int = Field(ge=0)  # small budgets are accepted (the API's minimum is 1024)
+    display: Literal["summarized", "omitted"] | None = None  # omitted: counted, not returned
+
+
+class ThinkingDisabled(_Strict):
+    type: Literal["disabled"]
+
+
+class AnthropicMessage(_Strict):
+    role: Literal["user", "assistant"]
+    content: Union[str, list[TextPart]]
+
+
+class MessagesRequest(_Strict):
+    """Anthropic Messages."""
+    model: str
+    max_tokens: int = Field(ge=1)
+    messages: list[AnthropicMessage] = Field(min_length=1)
+    system: Union[str, list[TextPart], None] = None
+    thinking: Union[ThinkingEnabled, ThinkingDisabled, None] = Field(None, discriminator="type")
+    temperature: float = Field(1.0, ge=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop_sequences: list[str] | None = Field(None, max_length=MAX_STOP)
+    stream: bool = False
+    include_reasoning: bool | None = None
+
+
+def text_of(content) -> str:
+    """A message's content as one string (text parts joined)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content)
+
+
+def stops_of(stop) -> tuple[str, ...]:
+    """OpenAI's `stop` (a string or a list) as a tuple of non-empty strings."""
+    if stop is None:
+        return ()
+    items = [stop] if isinstance(stop, str) else list(stop)
+    return tuple(s for s in items if s)
