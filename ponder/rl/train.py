@@ -30,7 +30,8 @@ from tqdm import tqdm
 from ponder.core import checkpoint as ckpt
 from ponder.models import lora
 from ponder.core import config as C
-from ponder.tasks.spec import TaskFields, make_task
+from ponder.tasks.spec import TaskFields, is_file_task, make_task
+from ponder.verifiers.probe import refuse_gameable
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.models.decoder import supports
 from ponder.engine.engine import Engine, Sample, SamplingParams, rollout_copy
@@ -102,6 +103,8 @@ class RLConfig(TaskFields):
     lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning); needs the peft package")
     lora_alpha: float = option(32.0, "LoRA scaling numerator (scale = alpha / rank)")
     lora_targets: str = option("all-linear", "modules that get adapters: all-linear or names like q_proj,v_proj")
+    trust_grader: bool = option(False, "train on a .jsonl task even when `ponder probe` finds that its grader "
+                                "rewards an empty, degenerate or copied answer (refused by default)")
 
     def __post_init__(self):
         check_choices(self)
@@ -420,8 +423,10 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     C.set_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    task = make_task(cfg, load_tokenizer(cfg.model))
+    if is_file_task(cfg.task) and not cfg.trust_grader:
+        refuse_gameable(task)  # a user's grader: a reward the policy can game is refused before training
     model, opt, tok, start = setup(cfg, resume, log_prefix)
-    task = make_task(cfg, tok)
     ref_model = reference_model(cfg)
     ck_root = out / "checkpoints"
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))

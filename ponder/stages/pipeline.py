@@ -94,15 +94,16 @@ class Stage:
 
 # -- reading the recipe ---------------------------------------------------------------------
 def load_recipe(path: str | Path) -> tuple[PipelineConfig, list[dict]]:
-    data = C.load_toml(path)
-    unknown = sorted(set(data) - {"pipeline", "stage"})
+    data = C.load_toml(path)  # a top-level [task] table arrives as the TaskFields keys
+    unknown = sorted(set(data) - {"pipeline", "stage", *TASK_FIELDS})
     if unknown:
         raise ConfigError(f"recipe {str(path)!r}: unknown top-level key(s) {', '.join(unknown)}; "
-                          f"valid: pipeline (a table), stage (an array of tables: [[stage]])")
+                          f"valid: task (a table), pipeline (a table), stage (an array of tables: [[stage]])")
     stages = data.get("stage", [])
     if not isinstance(stages, list) or not stages:
         raise ConfigError(f"recipe {str(path)!r} declares no stages; add [[stage]] tables with name and kind")
-    return C.build(PipelineConfig, data.get("pipeline", {})), stages
+    task = {k: v for k, v in data.items() if k in TASK_FIELDS}
+    return C.build(PipelineConfig, {**task, **data.get("pipeline", {})}), stages
 
 
 def resolve(pc: PipelineConfig, raw: list[dict], out: Path) -> list[Stage]:

@@ -22,13 +22,14 @@ from typing import Any
 from ponder.core.config import ConfigError
 from ponder.tasks.base import SPLITS, Example, Task, check_split, split_of
 from ponder.core.verdict import Verdict
-from ponder.verifiers.custom import Grader, PythonGrader, grade, load_function, load_grader, parse_grader
+from ponder.verifiers.custom import (CombineGrader, Grader, JsonSchemaGrader, PythonGrader, grade, load_function,
+                                     load_grader, parse_grader)
 
 _KNOWN = ("id", "prompt", "answer", "difficulty", "split")
 
 
-def read_examples(path: str | Path) -> list[tuple[str, Example]]:
-    """(split, example) for every line of a JSONL file; errors name the file and line."""
+def read_examples(path: str | Path) -> list[tuple[str, Example, str]]:
+    """(split, example, "file:line") for every line of a JSONL file; errors name the file and line."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"task file {str(p)!r} does not exist")
@@ -37,7 +38,7 @@ def read_examples(path: str | Path) -> list[tuple[str, Example]]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            out.append(_example(line, f"{p}:{lineno}", lineno, ids))
+            out.append((*_example(line, f"{p}:{lineno}", lineno, ids), f"{p}:{lineno}"))
     if not out:
         raise ConfigError(f"task file {str(p)!r} has no examples")
     return out
@@ -85,14 +86,46 @@ def make_grader(grader: Any, base_dir: Path = Path(".")) -> Grader:
     raise ConfigError(f"grader {grader!r} is not a spec table, a .toml file or 'module:function'")
 
 
+def schemas_of(grader) -> list[dict]:
+    """The JSON Schemas a grader checks answers against (a combine grader's parts included)."""
+    if isinstance(grader, JsonSchemaGrader):
+        return [grader.schema] if grader.schema else []
+    if isinstance(grader, CombineGrader):
+        return [s for _, g in grader.parts for s in schemas_of(g)]
+    return []
+
+
+def check_gold(rows: list[tuple[str, Example, str]], grader) -> None:
+    """Every gold answer must satisfy the grader's schema: a gold no answer can match is a
+    mistake in the data, found before training, with its file and line."""
+    schemas = schemas_of(grader)
+    if not schemas:
+        return
+    import jsonschema
+    for _, ex, where in rows:
+        try:
+            gold = json.loads(ex.answer)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{where}: the answer is not JSON, but the grader checks answers against a "
+                              f"JSON Schema") from None
+        for schema in schemas:
+            error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(gold))
+            if error is not None:
+                path = ".".join(map(str, error.absolute_path)) or "(the whole answer)"
+                raise ConfigError(f"{where}: the answer does not match the grader's schema at {path}: "
+                                  f"{error.message}")
+
+
 class JsonlTask(Task):
     """Examples from a JSONL file, checked by a grader."""
 
     def __init__(self, path: str | Path, grader: Any):
         self.path = Path(path)
         self.name = f"jsonl:{self.path.name}"
-        self.rows = read_examples(self.path)
+        rows = read_examples(self.path)
         self.grader = make_grader(grader, self.path.parent)
+        check_gold(rows, self.grader)
+        self.rows = [(split, ex) for split, ex, _ in rows]
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         """Up to `n` examples of `split`, in an order shuffled by `seed` (a file has only so many);

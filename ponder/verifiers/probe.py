@@ -50,6 +50,7 @@ PROBES: dict[str, Callable[[Example], str]] = {
     "thinking never closed": lambda ex: f"<think>The answer is {ex.answer}. \\boxed{{{ex.answer}}}",
     "gold before thinking": lambda ex: f"{ex.answer}<think></think>",
     "echo the question": lambda ex: f"<think></think>{ex.prompt}",
+    "copy the document": lambda ex: f"<think></think>{ex.info.get('document', ex.prompt)}",
     "candidates, spaces": lambda ex: f"<think></think>{_candidates(ex.answer, ' ')}",
     "candidates, commas": lambda ex: f"<think></think>{_candidates(ex.answer, ', ')}",
     "candidates, lines": lambda ex: f"<think></think>{_candidates(ex.answer, chr(10))}",
@@ -98,6 +99,34 @@ def probe_task(task: Task, n: int = 3, split: str = "test", seed: int = 0,
             verdict = _safe_verify(task, make(ex), ex)
             out.append(ProbeResult(name, ex.id, verdict, time.monotonic() - t))
     return out
+
+
+# A chat model writes no think tags: an unclosed <think> followed by the answer is an answer there.
+CHAT_LEGIT = ("thinking never closed",)
+
+
+def gameable(task: Task, n: int = 3, seed: int = 0) -> list[ProbeResult]:
+    """The probes that earn reward on `n` train examples (the ones training would see), checked
+    concurrently; empty when the reward cannot be gamed by these."""
+    from ponder.verifiers.batch import verify_batch
+    skip = CHAT_LEGIT if type(task).__name__ == "ChatTask" else ()
+    probes = {name: make for name, make in PROBES.items() if name not in skip}
+    pairs = [(name, ex) for ex in task.examples("train", n, seed) for name in probes]
+    verdicts = verify_batch(task, [probes[name](ex) for name, ex in pairs], [ex for _, ex in pairs])
+    return [ProbeResult(name, ex.id, v, 0.0) for (name, ex), v in zip(pairs, verdicts) if v.score > 0]
+
+
+def refuse_gameable(task: Task, n: int = 3, seed: int = 0) -> None:
+    """ConfigError naming the probes that score above 0 (the reward can be gamed), else nothing."""
+    from ponder.core.config import ConfigError
+    leaks = gameable(task, n, seed)
+    if leaks:
+        worst = {}
+        for r in leaks:
+            worst.setdefault(r.probe, r)
+        shown = "; ".join(f"{name!r} scores {r.verdict.score:g} on {r.example_id}" for name, r in list(worst.items())[:4])
+        raise ConfigError(f"refusing to train on {task.name}: its grader can be gamed ({shown}). Fix the grader "
+                          f"(see `ponder probe`), or pass --trust-grader true (trust_grader = true in a recipe) to train anyway")
 
 
 def sanity_check(task: Task, n: int = 3, split: str = "test", seed: int = 0) -> list[ProbeResult]:
