@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -205,7 +206,7 @@ def _scan_command_lines(needles: list[str], stop: threading.Event, seen: list) -
 def test_no_secret_is_on_any_command_line(backend, monkeypatch):
     backend = runnable(backend, monkeypatch)
     nonce = "0badc0de" * 4
-    monkeypatch.setattr(code.secrets, "token_hex", lambda n: nonce)
+    monkeypatch.setattr(code, "secrets", SimpleNamespace(token_hex=lambda n: nonce))
     slow = "import time\ndef sort_list(xs):\n    time.sleep(0.3)\n    return sorted(xs)\n"
     stop, seen = threading.Event(), []
     scanner = threading.Thread(target=_scan_command_lines, args=([nonce, "[3, 1, 2]"], stop, seen))
@@ -249,7 +250,7 @@ def sort_list(xs):
 def test_a_forged_result_line_does_not_count(backend, monkeypatch):
     backend = runnable(backend, monkeypatch)
     nonce = "0badc0de" * 4  # as if the solution had learned it
-    monkeypatch.setattr(code.secrets, "token_hex", lambda n: nonce)
+    monkeypatch.setattr(code, "secrets", SimpleNamespace(token_hex=lambda n: nonce))
     verdict = verify_code(FORGER.replace("NONCE", nonce), TESTS, LIMITS, backend=backend)
     assert verdict.status == "wrong" and verdict.reason.startswith("a test failed"), verdict
 

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run a Python solution against unit tests in a sandbox.")
     parser.add_argument("--solution", required=True, help="Python file defining the function(s)")
     parser.add_argument("--tests", required=True, help="Python file with check(candidate) or top-level asserts")
-    parser.add_argument("--entry-point", default=None, help="function passed to check() (default: inferred)")
+    parser.add_argument("--entry-point", default=None, help="function passed to check() (default: the tests' own check(NAME) line, else inferred)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: score, status, reason")
     parser.add_argument("--wall-seconds", type=float, default=Limits.wall_seconds, help="wall-clock limit")
     parser.add_argument("--unsafe-sandbox", action="store_true",
