@@ -290,6 +290,26 @@ print(json.dumps([os.getuid(), os.getgid(), os.getgroups(), os.stat('.').st_mode
 
 
 @as_root
+def test_files_the_run_leaves_in_the_temp_folders_are_removed(monkeypatch):
+    runnable(UNSAFE, monkeypatch)
+    name = f"ponder_probe_{uuid.uuid4().hex}"
+    probe = f"""
+import os
+for folder in ('/tmp', '/var/tmp', '/dev/shm'):
+    try:
+        open(os.path.join(folder, {name!r}), 'w').write('x')
+        os.makedirs(os.path.join(folder, {name!r} + '_dir', 'sub'))
+        print('wrote', folder)
+    except OSError as e:
+        print('refused', folder, e)
+"""
+    result = run_python({"main.py": probe}, "main.py", LIMITS, backend=UNSAFE)
+    assert "wrote /tmp" in result.stdout, result  # the unsafe backend cannot stop it...
+    left = [f"{folder}/{name}{suffix}" for folder in ("/tmp", "/var/tmp", "/dev/shm") for suffix in ("", "_dir")]
+    assert [path for path in left if os.path.lexists(path)] == []  # ...but nothing of it stays
+
+
+@as_root
 def test_the_process_limit_holds(monkeypatch):
     runnable(UNSAFE, monkeypatch)
     code_ = """

@@ -208,10 +208,12 @@ def describe(backend: str = "auto") -> str:
         problem = _fallback_problem(_python())
         if problem:
             return f"sandbox: unsafe-subprocess was asked for but cannot run: {problem}; {INSTALL_HINT}"
-        who = ("a fresh unprivileged uid per run" if os.geteuid() == 0 else
-               f"your own uid {os.getuid()}, so it can signal your processes and read your files")
-        return (f"sandbox: UNSAFE plain subprocess (opted in): untrusted code runs as {who}, "
-                f"sees the host file system and may write to /tmp; {INSTALL_HINT} to isolate it")
+        who = ("a fresh unprivileged uid per run, sees the host file system and may write to "
+               "world-writable folders (what it leaves in the temp folders is removed after the run)"
+               if os.geteuid() == 0 else
+               f"your own uid {os.getuid()}, so it can signal your processes, read your files and, "
+               "with effort, forge its own verdict")
+        return f"sandbox: UNSAFE plain subprocess (opted in): untrusted code runs as {who}; {INSTALL_HINT} to isolate it"
     if _bwrap_works():
         return (f"sandbox: bubblewrap ({_bwrap_version()}): read-only system, private files, "
                 "no network, own pid namespace")
@@ -646,8 +648,36 @@ def _end(procs: list[_Proc]) -> None:
         except SandboxError as exc:
             errors.append(exc)
         shutil.rmtree(proc.workdir, ignore_errors=True)
+        if proc.backend != "bwrap" and proc.uid is not None:
+            _remove_files_of(proc.uid)
     if errors:
         raise errors[0]
+
+
+_SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _remove_files_of(uid: int) -> None:
+    """Unsafe backend as root: remove what the run's uid left in the shared temp folders.
+
+    The uid was fresh, so whatever it owns there, the run made. (Elsewhere it
+    can only write to world-writable folders we do not sweep.)
+    """
+    for folder in {tempfile.gettempdir(), *_SHARED_TEMP}:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue  # gone meanwhile
 
 
 def _result(proc: _Proc, backend: str, start: float) -> RunResult:
