@@ -33,11 +33,13 @@ Backends (the ``sandbox`` / ``backend`` setting, `BACKENDS`):
   when a network namespace can be made (``RunResult.backend`` says
   ``unsafe-subprocess+net``). What it does not hold: the program sees the
   host file system (it can read world-readable files and write world-writable
-  folders such as /tmp), and without root it runs as *your* uid -- it can
-  then signal or read your processes and files, so processes it detaches are
-  found by an environment marker only. Root whose interpreter an
-  unprivileged uid cannot run (a pyenv under /root) is refused: running the
-  candidate as root is never an option.
+  folders; as root, what its uid leaves in /tmp, /var/tmp and /dev/shm is
+  removed after the run), and without root it runs as *your* uid -- it can
+  then signal your processes, read your files and the verifier's memory, and
+  so with effort forge its verdict; processes it detaches are found by an
+  environment marker only. Without root the opt-in is no security boundary.
+  Root whose interpreter an unprivileged uid cannot run (a pyenv under
+  /root) is refused: running the candidate as root is never an option.
 
 In both, a small trusted bootstrap runs first: it reads its spec from a pipe,
 sets the rlimits (CPU seconds, address space, processes, file size, no core
