@@ -109,3 +109,16 @@ def test_a_loader_that_raises_falls_back_too(tmp_path, small):
     assert ckpt.load_latest(tmp_path, loader, say=said.append) == (old, "ok")
     assert len(said) == 1 and "RuntimeError: Error while deserializing header" in said[0]
     assert "second line" not in said[0]
+
+
+def test_a_config_error_from_the_loader_is_not_taken_for_damage(tmp_path, small):
+    _two_checkpoints(tmp_path, small)
+    tried = []
+
+    def loader(path):
+        tried.append(path.name)
+        raise ConfigError("the trace files changed")
+
+    with pytest.raises(ConfigError, match="the trace files changed"):
+        ckpt.load_latest(tmp_path, loader, say=lambda s: None)
+    assert tried == ["step-000004"]

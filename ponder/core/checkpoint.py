@@ -154,7 +154,8 @@ def load_latest(ckpt_root: str | Path, loader: Callable[[Path], T],
     Checkpoints are tried newest first; one whose files do not match its marker,
     or whose `loader` raises, is skipped with one line through `say` naming the
     bad file. Raises ConfigError (one line) when there is no complete checkpoint
-    or none of them loads.
+    or none of them loads; a ConfigError from `loader` (the checkpoint does not
+    fit this run, e.g. its data changed) is raised at once, not skipped.
     """
     root = Path(ckpt_root)
     found = complete(root)
@@ -166,7 +167,9 @@ def load_latest(ckpt_root: str | Path, loader: Callable[[Path], T],
         if why is None:
             try:
                 return path, loader(path)
-            except Exception as e:  # any failure to load means: try the previous checkpoint
+            except ConfigError:  # the checkpoint is fine but does not fit this run (changed data, ...)
+                raise
+            except Exception as e:  # any other failure to load means: try the previous checkpoint
                 first = (str(e).strip().splitlines() or [""])[0]
                 why = f"{path} does not load ({type(e).__name__}: {first})"
         problems.append(why)
