@@ -1,4 +1,9 @@
 import pytest
+import torch
+
+# One intra-op thread: the suite's models are tiny, so more threads only fight (with each other
+# and with the verifier pools) and results stay repeatable at a fixed count.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
