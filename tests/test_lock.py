@@ -64,3 +64,51 @@ def test_nested_same_folder_and_sub_folders_do_not_deadlock(tmp_path):
         proc = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(600)", "pass"), str(tmp_path / "p")],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode != 0 and f"pid {os.getpid()}" in proc.stderr and time.time() - t0 < 30
+
+
+# -- the verbs hold their --out: a second writer is refused before it writes anything -------------------
+def test_train_sft_and_pipeline_refuse_a_folder_a_live_run_holds(child_holding, tmp_path, monkeypatch):
+    from ponder.rl.train import RLConfig, train
+    from ponder.stages.pipeline import run_pipeline
+    from ponder.stages.sft import SFTConfig, sft
+    from ponder.tasks import TASKS
+    from r1_fixtures import AnyTask, small_model, write_traces
+    out, proc = child_holding
+    monkeypatch.setitem(TASKS, "any", AnyTask)
+    model = small_model(tmp_path / "base")
+    with pytest.raises(ConfigError, match=f"in use by pid {proc.pid} "):
+        train(RLConfig(model=model, task="any", out=str(out), steps=1, prompts_per_step=2, group_size=2,
+                       max_new_tokens=4, track_kl=False, tensorboard=False, progress=False))
+    with pytest.raises(ConfigError, match=f"in use by pid {proc.pid} "):
+        sft(SFTConfig(model=model, data=str(write_traces(tmp_path / "t.jsonl", 4)), out=str(out), epochs=1,
+                      progress=False))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[pipeline]\ntask = "any"\nprogress = false\neval_problems = 2\nmax_new_tokens = 4\n\n'
+                      f'[[stage]]\nname = "rl"\nkind = "rl"\nmodel = "{model}"\nsteps = 1\nprompts_per_step = 2\n'
+                      f'group_size = 2\ntrack_kl = false\ntensorboard = false\n')
+    with pytest.raises(ConfigError, match=f"in use by pid {proc.pid} "):
+        run_pipeline(recipe, out)  # the pipeline's own folder
+    with pytest.raises(ConfigError, match=f"in use by pid {proc.pid} "):
+        run_pipeline(recipe, out.parent)  # a stray `ponder train --out DIR/rl` holds the stage's folder
+    assert not (out / "metrics.jsonl").exists() and not (out / "pipeline.json").exists()
+
+
+def test_clearing_a_held_folder_keeps_it_held(tmp_path):
+    import shutil
+
+    from ponder.core.lock import clear_run_folder
+    out = tmp_path / "stage"
+    busy = HOLD.replace("time.sleep(600)", "pass")
+    with run_lock(out):
+        (out / "metrics.jsonl").write_text("{}\n")
+        (out / "checkpoints" / "step-000001").mkdir(parents=True)
+        clear_run_folder(out)
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+        proc = subprocess.run([sys.executable, "-c", busy, str(out)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and f"pid {os.getpid()}" in proc.stderr
+        # a plain rmtree deletes the lock file: a nested lock notices and locks the new one
+        shutil.rmtree(out)
+        with run_lock(out):
+            proc = subprocess.run([sys.executable, "-c", busy, str(out)], capture_output=True, text=True,
+                                  timeout=60)
+            assert proc.returncode != 0 and f"pid {os.getpid()}" in proc.stderr

@@ -10,6 +10,8 @@ that remains is only a note, and is not what is locked.
 A folder is locked per process, re-entrantly: a function holding OUT may call
 another that locks OUT again. Different folders are independent, so a
 pipeline holding DIR and its stages holding DIR/NAME never wait on each other.
+A holder that empties its folder should use `clear_run_folder`, which keeps
+the lock file: a deleted lock file would let another process lock a new one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from ponder.core.config import ConfigError
 
 LOCK_FILE = ".lock"
 
-_held: dict[Path, int] = {}  # folder -> nesting depth, for this process
+_held: dict[Path, list[int]] = {}  # folder -> the lock fds this process holds on it, one per nesting level
 _guard = threading.Lock()
 
 
@@ -65,22 +68,46 @@ def _acquire(out: Path) -> int:
     return fd
 
 
+def _still_ours(out: Path, fd: int) -> bool:
+    """Is `fd` the lock file that is in the folder now (not one deleted with the folder's contents)?"""
+    try:
+        return os.stat(out / LOCK_FILE).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 @contextlib.contextmanager
 def run_lock(out_dir: str | Path) -> Iterator[Path]:
     """Hold `out_dir` for this process, or raise ConfigError naming the pid that holds it."""
     out = Path(out_dir).resolve()
     with _guard:
-        nested = out in _held
-        fd = None if nested else _acquire(out)
-        _held[out] = _held.get(out, 0) + 1
+        fds = _held.get(out, [])
+        # nested: reuse this process's lock, unless the folder was emptied under it (then lock anew)
+        fd = -1 if fds and _still_ours(out, fds[-1]) else _acquire(out)
+        _held[out] = fds + [fd]
     try:
         yield out
     finally:
         with _guard:
-            _held[out] -= 1
+            _held[out].pop()
             if not _held[out]:
                 del _held[out]
-        if fd is not None:
-            os.ftruncate(fd, 0)  # while still locked: the note never names a finished run
+        if fd >= 0:
+            if _still_ours(out, fd):
+                os.ftruncate(fd, 0)  # while still locked: the note never names a finished run
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def clear_run_folder(out_dir: str | Path) -> None:
+    """Delete everything in a run folder except its lock file (see the module docstring)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
