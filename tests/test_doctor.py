@@ -442,3 +442,11 @@ def test_entropy_sharpening_on_a_solved_task_is_only_a_note(tmp_path):
         r["reward"] = r["accuracy"] = min(r["accuracy"], 0.6)
     f = next(f for f in diagnose_dir(write_run(tmp_path / "run2", rows)) if f.code == "entropy_collapse")
     assert f.severity == "problem"
+
+
+@pytest.mark.parametrize("key, value, code", [("entropy", 0.0, "entropy_collapse"), ("trunc_rate", 0.6, "truncation")])
+def test_a_collapse_in_the_last_steps_is_reported(tmp_path, key, value, code):
+    rows = healthy_rows(200)
+    for r in rows[-5:]:  # 2.5% of the run, but still going on when it ended
+        r[key] = value
+    assert code in codes(diagnose_dir(write_run(tmp_path / "run", rows)))

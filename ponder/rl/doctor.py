@@ -66,7 +66,7 @@ NO_SIGNAL_MIN_STEPS, NO_SIGNAL_MIN_SHARE = 3, 0.10
 # problem from 0.8 (under 1 group in 5 teaches).
 ZERO_VAR_WARN, ZERO_VAR_PROBLEM = 0.60, 0.80
 ZERO_VAR_MIN_STEPS, ZERO_VAR_MIN_SHARE = 5, 0.25  # "a long stretch": a quarter of the run
-# entropy_collapse: smoothed entropy relative to the first steps'. The quickstart falls to ~13% of
+# entropy_collapse: entropy relative to the first steps'. The quickstart settles at ~15% of
 # its start while accuracy climbs to ~0.9 (sharpening on a task it solves): an info. Below 5% (or
 # under 1e-3 nats/token) sampling is greedy in all but name; below 25% with accuracy under 0.8 the
 # model stopped exploring before it solved the task.
@@ -376,6 +376,19 @@ def value_at(run: Run, key: str, lo: int, hi: int) -> float | None:
     return mean(vals) if vals else None
 
 
+def long_enough(span: tuple[int, int] | None, n: int, share: float, floor: int) -> bool:
+    """Is a stretch of a series of n points long enough to report? `share` of the run (at least
+    `floor` points), or, when it lasts to the end (still going on), `floor` points.
+
+    >>> long_enough((90, 99), 100, 0.25, 3), long_enough((40, 49), 100, 0.25, 3), long_enough(None, 5, 0.1, 3)
+    (True, False, False)
+    """
+    if span is None:
+        return False
+    length = span[1] - span[0] + 1
+    return length >= _min_stretch(n, share, floor) or (span[1] == n - 1 and length >= min(n, floor))
+
+
 def _min_stretch(n: int, share: float, floor: int) -> int:
     return min(n, max(floor, math.ceil(share * n)))
 
@@ -499,10 +512,10 @@ def check_entropy_collapse(run: Run) -> list[Finding]:
         return []  # it started (near) deterministic: nothing to collapse from
     smooth = rolling(ent, w)
     span = longest_run([v <= ENTROPY_LOW_RATIO * start or v <= ENTROPY_FLOOR for v in smooth])
-    if span is None or span[1] - span[0] + 1 < _min_stretch(len(steps), LOW_STRETCH_MIN_SHARE, 3):
+    if not long_enough(span, len(steps), LOW_STRETCH_MIN_SHARE, 3):
         return []
     first, last = steps[span[0]], steps[span[1]]
-    low = min(smooth[span[0]: span[1] + 1])
+    low = median(ent[span[0]: span[1] + 1])  # the typical level there (smoothing blurs a sudden end)
     acc = value_at(run, "accuracy", first, last)
     severe = low <= ENTROPY_SEVERE_RATIO * start or low <= ENTROPY_FLOOR
     unsolved = acc is not None and acc < ENTROPY_SOLVED_ACC
@@ -542,7 +555,7 @@ def check_truncation(run: Run) -> list[Finding]:
         return out
     smooth = rolling(tr, window(len(steps)))
     span = longest_run([v >= TRUNC_PROBLEM for v in smooth])
-    if span and span[1] - span[0] + 1 >= _min_stretch(len(steps), LOW_STRETCH_MIN_SHARE, 3):
+    if long_enough(span, len(steps), LOW_STRETCH_MIN_SHARE, 3):
         first, last = steps[span[0]], steps[span[1]]
         return [Finding("truncation", "problem", (first, last),
                         f"{_pct(mean(tr[span[0]: span[1] + 1]))} of completions (peak {_pct(max(tr[span[0]: span[1] + 1]))}) "
