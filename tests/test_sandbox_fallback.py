@@ -273,6 +273,25 @@ def sort_list(xs):
     assert processes_with(marker) == []
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_signal_reaches_the_verifier(backend, monkeypatch):
+    backend = runnable(backend, monkeypatch)
+    if backend == UNSAFE and os.geteuid() != 0 and sandbox._unsafe_namespaces() != "net pid":
+        pytest.skip("no user namespaces here: without root the unsafe backend cannot hide our pids")
+    # Signal 0 only asks whether a pid could be signalled; in its own pid namespace ours do not exist.
+    probe = f"""
+import os
+try:
+    os.kill({os.getpid()}, 0)
+    print('reachable')
+except OSError as e:
+    print(type(e).__name__)
+print(os.getpid())
+"""
+    result = run_python({"main.py": probe}, "main.py", LIMITS, backend=backend)
+    assert result.stdout.split() == ["ProcessLookupError", "2"], result
+
+
 @as_root
 def test_the_program_runs_as_a_fresh_uid_in_a_private_folder(monkeypatch):
     runnable(UNSAFE, monkeypatch)

@@ -31,13 +31,15 @@ Backends (the ``sandbox`` / ``backend`` setting, `BACKENDS`):
   a private pipe of its own (`Program.report`), which the other sandbox does
   not hold, so printing a forged result line proves nothing. Network: cut
   when a network namespace can be made (``RunResult.backend`` says
-  ``unsafe-subprocess+net``). What it does not hold: the program sees the
+  ``unsafe-subprocess+net``), and a pid namespace when one can be made (see
+  the bootstrap below): nothing detached outlives the run, and no signal
+  reaches a process outside. What it does not hold: the program sees the
   host file system (it can read world-readable files and write world-writable
   folders; as root, what its uid leaves in /tmp, /var/tmp and /dev/shm is
   removed after the run), and without root it runs as *your* uid -- it can
-  then signal your processes, read your files and the verifier's memory, and
-  so with effort forge its verdict; processes it detaches are found by an
-  environment marker only. Without root the opt-in is no security boundary.
+  read and write your files, and without user namespaces also signal your
+  processes and read the verifier's memory, and so with effort forge its
+  verdict. Without root the opt-in is no security boundary.
   Root whose interpreter an unprivileged uid cannot run (a pyenv under
   /root) is refused: running the candidate as root is never an option.
 
@@ -210,11 +212,17 @@ def describe(backend: str = "auto") -> str:
         problem = _fallback_problem(_python())
         if problem:
             return f"sandbox: unsafe-subprocess was asked for but cannot run: {problem}; {INSTALL_HINT}"
-        who = ("a fresh unprivileged uid per run, sees the host file system and may write to "
-               "world-writable folders (what it leaves in the temp folders is removed after the run)"
-               if os.geteuid() == 0 else
-               f"your own uid {os.getuid()}, so it can signal your processes, read your files and, "
-               "with effort, forge its own verdict")
+        namespaced = _unsafe_namespaces() == "net pid"
+        where = " in its own pid and network namespaces" if namespaced else ""
+        if os.geteuid() == 0:
+            who = (f"a fresh unprivileged uid per run{where}, sees the host file system and may write to "
+                   "world-writable folders (what it leaves in the temp folders is removed after the run)")
+        elif namespaced:
+            who = (f"your own uid {os.getuid()}{where}: it cannot signal your processes or read the "
+                   "verifier's memory, but it can read and write your files")
+        else:
+            who = (f"your own uid {os.getuid()}, so it can signal your processes, read your files and "
+                   "the verifier's memory and, with effort, forge its own verdict")
         return f"sandbox: UNSAFE plain subprocess (opted in): untrusted code runs as {who}; {INSTALL_HINT} to isolate it"
     if _bwrap_works():
         return (f"sandbox: bubblewrap ({_bwrap_version()}): read-only system, private files, "
@@ -289,6 +297,17 @@ def _fallback_problem(python: str) -> str:
             f"the interpreter {python} ({reason})")
 
 
+@functools.lru_cache(maxsize=None)
+def _unsafe_namespaces() -> str:
+    """Probe once: which namespaces the unsafe backend gets here ("net pid", "net" or "")."""
+    try:
+        result = _run([Program({"main.py": "import os\nprint(os.getpid())"})], Limits(wall_seconds=20), UNSAFE, False)[0]
+    except (SandboxError, OSError):
+        return ""
+    net = result.backend.endswith("+net")
+    return ("net " if net else "") + "pid" if result.stdout.strip() == "2" else ("net" if net else "")
+
+
 def _parents(path: str) -> list[str]:
     """`path`'s parent folders, from the top down (not / itself)."""
     parents = []
@@ -301,11 +320,19 @@ def _parents(path: str) -> list[str]:
 
 # ---------------------------------------------------------------- the run itself
 
-# Runs first inside the sandbox, as trusted code: rlimits, uid drop, report, exec.
-# argv[1] is the fd of a pipe holding its JSON spec (nothing on the command
-# line). It is ours; the program only starts at the execv.
+# Runs first inside the sandbox, as trusted code: rlimits, namespaces, uid drop,
+# report, exec. argv[1] is the fd of a pipe holding its JSON spec (nothing on the
+# command line). It is ours; the program only starts at the execv.
+#
+# Unsafe backend: when a pid namespace can be made, the bootstrap stays
+# outside it as a relay, a reaper is its pid 1 (as under bwrap), and the
+# program its pid 2; each waits for the next and ends the way it did (a death
+# by signal N as exit 128+N, as bwrap reports it). The kernel kills every
+# process left in the namespace when its pid 1 ends, so no detached child
+# survives the program, and from inside, neither `kill(-1)` nor any pid
+# reaches a process outside it, such as the verifier.
 _BOOTSTRAP = r"""
-import json, os, resource, sys
+import json, os, resource, signal, sys
 spec_fd = int(sys.argv[1])
 chunks = []
 while True:
@@ -316,17 +343,49 @@ while True:
 os.close(spec_fd)
 spec = json.loads(b"".join(chunks))
 status = spec["status_fd"]
+
+def libc():
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True)
+
+def unshare():
+    # Best effort: Linux only, and needs root or unprivileged user namespaces.
+    try:
+        unshare = libc().unshare
+    except (OSError, AttributeError):
+        return ""
+    user = 0 if os.geteuid() == 0 else 0x10000000  # CLONE_NEWUSER
+    for flags, made in ((0x40000000 | 0x20000000, "net pid"), (0x40000000, "net")):  # CLONE_NEWNET, CLONE_NEWPID
+        if unshare(flags | user) == 0:
+            return made
+    return ""
+
+def wait_for(child):
+    # Reap every child (pid 1 inherits orphans) until `child` ends; its exit code, 128+N for signal N.
+    os.close(status)
+    while True:
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            os._exit(125)
+        if pid == child:
+            os._exit(os.WEXITSTATUS(code) if os.WIFEXITED(code) else 128 + os.WTERMSIG(code))
+
 try:
     for name, soft, hard in spec["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
-    if spec["unshare_net"]:
-        try:  # best effort: Linux only, and needs root or unprivileged user namespaces
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            flags = 0x40000000 | (0 if os.geteuid() == 0 else 0x10000000)  # CLONE_NEWNET (| CLONE_NEWUSER)
-            spec["net"] = libc.unshare(flags) == 0
-        except (OSError, AttributeError):
-            spec["net"] = False
+    made = unshare() if spec["unshare"] else ""
+    if "pid" in made:
+        child = os.fork()
+        if child:
+            wait_for(child)  # the relay, outside the namespace
+        if libc().prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG: die with the relay
+            raise OSError("could not tie the namespace to its relay")
+        child = os.fork()
+        if child:
+            wait_for(child)  # pid 1; when it ends, so does everything in the namespace
     if spec["uid"] is not None:
         os.setgroups([])
         os.setgid(spec["uid"])
@@ -334,7 +393,7 @@ try:
         if os.getuid() == 0 or os.geteuid() == 0 or os.getgroups():
             raise OSError("the uid drop did not take")
     os.set_inheritable(status, False)
-    os.write(status, b"net " if spec.get("net") else b"ok ")
+    os.write(status, b"net " if "net" in made else b"ok ")
     os.execv(spec["argv"][0], spec["argv"])
 except BaseException as exc:
     os.write(status, ("error %s: %s" % (type(exc).__name__, exc)).encode())
@@ -361,8 +420,8 @@ def _nproc_limit(limits: Limits, uid: int | None, backend: str) -> int:
     """RLIMIT_NPROC counts all processes of the real uid (per user namespace)."""
     if uid is not None or backend == "bwrap":
         return limits.max_processes  # a fresh uid, or a fresh user namespace: the count is ours
-    # Same uid as us: leave room for the processes we already have.
-    return limits.max_processes + len(_pids_of_uid(os.getuid()))
+    # Same uid as us: leave room for the processes we already have, and the relay and reaper.
+    return limits.max_processes + len(_pids_of_uid(os.getuid())) + 2
 
 
 def _pids_of_uid(uid: int) -> list[int]:
@@ -510,7 +569,7 @@ def _launch(program: Program, limits: Limits, backend: str, extra_fds: tuple) ->
     report_r, report_w = os.pipe() if program.report else (None, None)
     own_fds = (report_w,) if program.report else ()
     spec = {
-        "status_fd": status_w, "rlimits": rlimits, "uid": uid, "unshare_net": backend != "bwrap",
+        "status_fd": status_w, "rlimits": rlimits, "uid": uid, "unshare": backend != "bwrap",
         "argv": [python, "-E", "-s", os.path.join(home, program.main), *map(str, program.args),
                  *map(str, own_fds + tuple(extra_fds))],
     }
