@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ from pathlib import Path
 import contextlib
 
 import torch
-from tqdm import tqdm
 
 from ponder.core import checkpoint as ckpt
 from ponder.models import lora
@@ -39,7 +37,7 @@ from ponder.rl.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_
                          kl_k3, length_rewards)
 from ponder.core.metrics import peak_rss_gb, rollout_metrics
 from ponder.models.model import load_model, load_tokenizer, save_model
-from ponder.core.runlog import RunLog
+from ponder.core.loop import TrainingLoop
 from ponder.core.think import format_score
 from ponder.tasks.base import Example, Task
 from ponder.rl.rollout import Group, rollout, verdict_score
@@ -432,14 +430,11 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" else ADVANTAGES[cfg.advantage]
     aggregate = AGGREGATIONS[cfg.loss_agg]
-    log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start + 1 if start else 0)  # keep steps <= start
-    stop = ckpt.StopFlag()
     sampler = None  # the model rollouts sample from (a bf16 copy with precision = "bf16")
-    previous = signal.signal(signal.SIGINT, stop)
-    bar = tqdm(range(start, cfg.steps), desc=f"{log_prefix}GRPO", initial=start, total=cfg.steps,
-               disable=not cfg.progress, mininterval=1)
-    try:
-        for step in bar:
+    hint = f"Resume with: ponder train --resume --out {out} (same recipe/flags)"
+    with TrainingLoop(out, cfg.steps, start, f"{log_prefix}GRPO", cfg.progress, cfg.tensorboard, cfg.save_every,
+                      hint) as loop:
+        for step in loop:
             t0 = time.perf_counter()
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             for g in opt.param_groups:
@@ -462,20 +457,11 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
                         f"{last if last else 'none (no checkpoint was written yet)'}") from None
                 metrics["train_seconds"] = time.perf_counter() - t1
             metrics.update(step_time=time.perf_counter() - t0, lr=lr, peak_rss_gb=peak_rss_gb())
-            log.log(step + 1, metrics)
-            bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}",
-                            think=f"{metrics['think_len_mean']:.0f}", refresh=False)
             done = step + 1
-            if done % cfg.save_every == 0 or done == cfg.steps or stop.set:
+            if loop.end_step(done, metrics, reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}",
+                             think=f"{metrics['think_len_mean']:.0f}"):
                 ckpt.save(ck_root, done, model, tok, {"optimizer": opt.state_dict(), "config": asdict(cfg)})
-            if stop.set:
-                print(f"\n{log_prefix}interrupted after step {done}; checkpoint saved. "
-                      f"Resume with: ponder train --resume --out {out} (same recipe/flags)")
-                raise KeyboardInterrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        log.close()
-        bar.close()
+            loop.stop_if_asked(done)
     model.eval()
     final = save_model(lora.merged(model), tok, out / "model")  # LoRA: adapters folded in
     return final

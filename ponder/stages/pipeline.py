@@ -136,9 +136,11 @@ def resolve(pc: PipelineConfig, raw: list[dict], out: Path) -> list[Stage]:
         data: tuple[str, ...] = ()
         if "data" in own:
             data = tuple(_data_ref(d.strip(), done, where) for d in str(values.get("data", "")).split(",") if d.strip())
-            if not data:
-                raise ConfigError(f"{where}: needs data = \"@COLLECT_STAGE\" (or a JSONL trace file)")
-            values["data"] = ",".join(data)
+            if not data and kind in ("sft", "distill") and not values.get("gold"):
+                raise ConfigError(f"{where}: needs data = \"@COLLECT_STAGE\" (or a JSONL trace file), "
+                                  f"or gold = N (the task's gold answers)")
+            if data:
+                values["data"] = ",".join(data)
         if kind == "distill":
             if not table.get("student") and "model" not in table:
                 raise ConfigError(f"{where}: a distill stage needs its student: student = 'hidden_size=.. layers=..' "

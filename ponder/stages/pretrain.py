@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ponder.core import config as C
+from ponder.core.loop import TrainingLoop
 from ponder.core.config import check_choices, option
 from ponder.stages.corpus import CorpusMix, documents
 from ponder.models.model import BUILTIN_BASE, TinyModelConfig, count_params, new_tiny, save_model
@@ -127,23 +127,26 @@ def pretrain(cfg: PretrainConfig) -> Path:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     print(f"pretraining a {count_params(model) / 1e6:.2f}M-parameter model for {cfg.steps} steps")
-    t0, bar = time.time(), tqdm(range(cfg.steps), desc="pretrain", mininterval=2)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        batch = pack_documents(tok, [next(stream) for _ in range(cfg.batch_size)], cfg.row_tokens)
-        loss = packed_loss(model, *batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; nothing was saved")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            _save_atomic(model, tok, cfg.out)
-            model.train()
+    t0 = time.time()
+    hint = "(pretraining does not resume: the model so far is saved; run it again to rebuild)"
+    with TrainingLoop(None, cfg.steps, desc="pretrain", save_every=cfg.save_every, resume_hint=hint) as loop:
+        for step in loop:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            batch = pack_documents(tok, [next(stream) for _ in range(cfg.batch_size)], cfg.row_tokens)
+            loss = packed_loss(model, *batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; nothing was saved")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            done = step + 1
+            if loop.end_step(done, None, **({"loss": f"{loss.item():.4f}"} if step % 50 == 0 else {})) \
+                    and (done < cfg.steps or loop.stop.set):
+                _save_atomic(model, tok, cfg.out)
+                model.train()
+            loop.stop_if_asked(done)
     model.eval()
     out = _save_atomic(model, tok, cfg.out)
     (out / "ponder_pretrain.json").write_text(json.dumps(

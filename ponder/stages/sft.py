@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import math
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ponder.core import checkpoint as ckpt
 from ponder.core import config as C
@@ -38,7 +36,7 @@ from ponder.tasks.chat import ChatTask
 from ponder.tasks.spec import TaskFields, make_task, parse_task_options
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.models.model import TinyModelConfig, count_params, load_model, new_tiny, save_model
-from ponder.core.runlog import RunLog
+from ponder.core.loop import TrainingLoop
 
 
 @dataclass(frozen=True)
@@ -275,15 +273,10 @@ def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
     (out / "config.json").write_text(json.dumps(
         {**asdict(cfg), "data_sha256": hashes, "init": origin, "traces": len(traces),
          "steps_per_epoch": spe, "total_steps": total, "params": count_params(model)}, indent=1))
-    # RunLog keeps lines with step < resume_step; lines are numbered by steps done, so the
-    # checkpoint's own step (line `start`) is kept and only steps that will be redone are dropped.
-    log = RunLog(out, tensorboard=cfg.tensorboard, resume_step=start + 1 if resume else 0)
-    stop = ckpt.StopFlag()
-    previous = signal.signal(signal.SIGINT, stop)
-    bar = tqdm(range(start, total), desc=f"{log_prefix}SFT", initial=start, total=total,
-               disable=not cfg.progress, mininterval=1)
-    try:
-        for step in bar:
+    hint = f"Resume with: ponder sft --resume --out {out} (same recipe/flags)"
+    with TrainingLoop(out, total, start, f"{log_prefix}SFT", cfg.progress, cfg.tensorboard, cfg.save_every,
+                      hint, resume=resume) as loop:
+        for step in loop:
             t0 = time.perf_counter()
             model.train()
             idx = batch_indices(len(traces), cfg, step)
@@ -300,21 +293,13 @@ def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
             opt.step()
             sched.step()
             done = step + 1
-            log.log(done, {"loss": loss.item(), "grad_norm": gn.item(), "lr": lr, "epoch": step // spe,
-                           "tokens": int((labels != -100).sum()), "step_time": time.perf_counter() - t0})
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            if done % cfg.save_every == 0 or done == total or stop.set:
+            metrics = {"loss": loss.item(), "grad_norm": gn.item(), "lr": lr, "epoch": step // spe,
+                       "tokens": int((labels != -100).sum()), "step_time": time.perf_counter() - t0}
+            if loop.end_step(done, metrics, loss=f"{loss.item():.4f}"):
                 ckpt.save(ck_root, done, model, tok, {
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "config": asdict(cfg),
                     "data": {"sha256": hashes, "epoch": done // spe, "position": done % spe}})
-            if stop.set:
-                print(f"\n{log_prefix}interrupted after step {done}; checkpoint saved. "
-                      f"Resume with: ponder sft --resume --out {out} (same recipe/flags)")
-                raise KeyboardInterrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        log.close()
-        bar.close()
+            loop.stop_if_asked(done)
     model.eval()
     return save_model(model, tok, out / "model")
 
