@@ -123,23 +123,51 @@ def test_request_joining_a_running_batch_gets_the_tokens_it_gets_alone(tiny, fas
     b = SamplingParams(max_new_tokens=25, temperature=0.8, top_p=0.9, thinking_budget=6, answer_reserve=3)
     first, longer = "98765+12345+11111=?\n", "98765+12345+11111+2222=?\n"
     batch = e.batch()
-    ra = batch.add(e.encode(first), a, [7, 8], 8)
+    reqs = {}  # rid -> (prompt, params, seeds, limit)
+
+    def add(prompt, params, seeds, limit):
+        reqs[batch.add(e.encode(prompt), params, seeds, limit)] = (prompt, params, seeds, limit)
+    add(first, a, [7, 8], 8)
     got = _run(batch, until=3)
-    rb = batch.add(e.encode(PROMPTS[1]), b, [9, 10, 11], 25)  # shorter than the columns written: left-masked
+    add(PROMPTS[1], b, [9, 10, 11], 25)  # shorter than the columns written: left-masked; the rows grow
     got.update(_run(batch, until=12))
-    assert ra in got  # finished: its columns are trimmed when the next request joins
-    # longer than the columns still in use: the running rows shift right
-    rc = batch.add(e.encode(longer), a, [12], 3)
-    got.update(_run(batch, until=1))
-    assert batch.col == len(e.encode(longer)) + 1  # trimmed and shifted, not grown: the cache stays short
+    assert 0 in got  # the first request has finished: its columns can be trimmed
+    # 8 samples: more rows than there is room for, and a prompt longer than the columns in use:
+    # the cache is reallocated, trimmed and shifted right
+    add(longer, a, list(range(20, 28)), 3)
     got.update(_run(batch, until=4))
-    rd = batch.add(e.encode(PROMPTS[2]), a, [13], 10)  # trims again, by the shifted rows' columns
+    add(PROMPTS[2], a, [13], 10)  # fits: prefilled in place
+    got.update(_run(batch, until=2))
+    add(PROMPTS[0], b, [14], 60)  # more columns than there are: reallocated, trimmed by the shifted rows
     got.update(_run(batch))
-    assert got[ra] == _alone(e, first, a, [7, 8], 8)
-    assert got[rb] == _alone(e, PROMPTS[1], b, [9, 10, 11], 25)
-    assert got[rc] == _alone(e, longer, a, [12], 3)
-    assert got[rd] == _alone(e, PROMPTS[2], a, [13], 10)
-    assert len({ids for _, ids in got[rb]}) > 1  # the samples of a request differ
+    assert set(got) == set(reqs)
+    for rid, (prompt, params, seeds, limit) in reqs.items():
+        assert got[rid] == _alone(e, prompt, params, seeds, limit), rid
+    assert len({ids for _, ids in got[1]}) > 1  # the samples of a request differ
+
+
+def test_columns_stay_bounded_under_continuous_arrivals(tiny):
+    model, tok = tiny
+    e = Engine(model, tok)
+    sp = SamplingParams(max_new_tokens=12)
+    batch, widths, got = e.batch(max_rows=8), [], {}
+    for k in range(80):  # a request joins every step; about 12 run at once, in rows finished ones held
+        batch.add(e.encode(PROMPTS[k % 3]), sp, [k])
+        batch.step()
+        widths.append(batch.col)
+        got.update({s.prompt_index: s.ids for s in batch.take_finished()})
+    got.update(_run_ids(batch))
+    assert max(widths) < 3 * (len(e.encode(PROMPTS[2])) + 12)  # old columns are trimmed, not kept forever
+    for k in range(0, 80, 7):
+        assert [got[k]] == [ids for _, ids in _alone(e, PROMPTS[k % 3], sp, [k], 12)], k
+
+
+def _run_ids(batch):
+    out = {}
+    while batch.running:
+        batch.step()
+        out.update({s.prompt_index: s.ids for s in batch.take_finished()})
+    return out
 
 
 @pytest.mark.parametrize("fast", [True, False])

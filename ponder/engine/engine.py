@@ -48,7 +48,7 @@ import torch
 
 from ponder.engine.budget import ANSWER_RESERVE, ThinkingForcer, check_budget, row_cap
 from ponder.core.config import ConfigError
-from ponder.models.decoder import Decoder, supports
+from ponder.models.decoder import Decoder, KVCache, supports
 from ponder.tasks.base import THINK_CLOSE, THINK_OPEN, thinking_text
 
 
@@ -178,9 +178,10 @@ class Engine:
     def encode(self, prompt: str) -> list[int]:
         return self.tok(prompt)["input_ids"]
 
-    def batch(self) -> "Batch":
-        """A new, empty running batch for step-wise generation (see `Batch`)."""
-        return Batch(self)
+    def batch(self, max_rows: int | None = None) -> "Batch":
+        """A new, empty running batch for step-wise generation (see `Batch`); `max_rows`:
+        rows to make room for up front (a server's batch size), so joins rarely reallocate."""
+        return Batch(self, max_rows)
 
     def generate(self, prompts: list[str], n: int = 1, params: SamplingParams = SamplingParams(),
                  seed: int = 0, max_tokens: list[int] | None = None) -> list[list[Sample]]:
@@ -297,14 +298,15 @@ class Batch:
     same tokens whether it runs alone or joins others mid-way (tested).
 
     Cache layout: one column timeline shared by all rows (`col` is the next column
-    written). A joining request is prefilled on its own, then copied in so that its
-    prompt ends at column `col - 1`; columns before its first token are masked out.
-    Rows that finish or are dropped stay in the cache, masked and fed padding, until
-    a quarter of the batch is dead: a cache copy is dearer than a few wasted rows.
+    written). A joining request is prefilled so that its prompt ends at column
+    `col - 1` (into free cache rows, in place, with the fast decoder); columns before
+    its first token are masked out. Rows that finish or are dropped stay in the
+    cache, masked and fed padding, until a quarter of the batch is dead: a cache copy
+    is dearer than a few wasted rows.
     """
 
-    def __init__(self, engine: Engine):
-        self.e = engine
+    def __init__(self, engine: Engine, max_rows: int | None = None):
+        self.e, self.max_rows = engine, max_rows
         self.rows: list[_Row] = []  # one per cache row, dead rows included until compaction
         self.pending: list[list[_Row]] = []  # requests waiting for the next step's prefill
         self.finished: list[Sample] = []
@@ -428,70 +430,104 @@ class Batch:
             ids[i, Lp - len(p):] = torch.tensor(p)
             mask[i, Lp - len(p):] = 1
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        new = self.e._backend()
-        width = Lp + max(g[0].limit for g in groups) if not self.rows else Lp
-        logits = new.prefill(ids, mask, pos, width)  # (P, V)
+        expand = torch.tensor([i for i, g in enumerate(groups) for _ in g])  # each prompt's cache, once per sample
+        new = [r for g in groups for r in g]
         self.forward_calls += 1
-        expand = torch.tensor([i for i, g in enumerate(groups) for _ in g])
-        if len(expand) > len(groups):  # share each prompt's cache across its samples
-            new.select(expand)
-            logits = logits[expand]
-        rows = [r for g in groups for r in g]
-        for r, i in zip(rows, expand.tolist()):
-            r.first_step, r.first_col = self.t, Lp - len(prompts[i])
         if not self.rows:
-            self.backend, self.logits, self.rows, self.col = new, logits, rows, Lp
+            self.backend = self.e._backend()
+            self.logits = self.backend.prefill(ids, mask, pos, Lp + max(g[0].limit for g in groups),
+                                               expand, self.max_rows)
+            self.rows, self.col = new, Lp
+            for r, i in zip(new, expand.tolist()):
+                r.first_step, r.first_col = self.t, Lp - len(prompts[i])
             return
-        self._join(new, logits, rows, Lp)
-
-    def _join(self, new, logits: torch.Tensor, rows: list[_Row], Lp: int) -> None:
-        """Copy the running rows (dead ones dropped, empty leading columns trimmed) and the
-        prefilled `rows` into one cache whose last written column is shared."""
-        keep = [k for k, r in enumerate(self.rows) if r.finish is None]
-        old = [self.rows[k] for k in keep]
-        trim = min(r.first_col for r in old)
-        used = self.col - trim
-        col = max(used, Lp)
-        room = max([r.limit - len(r.ids) for r in old] + [r.limit for r in rows])
-        idx = torch.tensor(keep)
-        self.backend.join(idx, trim, self.col, new, col, col + room)
-        for r in old:
-            r.first_col += col - used - trim
-        for r in rows:
-            r.first_col += col - Lp
-        self.logits = torch.cat([self.logits[idx], logits])
-        self.rows, self.col = old + rows, col
+        live = [k for k, r in enumerate(self.rows) if r.finish is None]
+        trim = min(self.rows[k].first_col for k in live)
+        room = max([self.rows[k].limit - len(self.rows[k].ids) for k in live] + [r.limit for r in new])
+        logits, kept, col, shift = self.backend.join(ids, mask, pos, expand, live, trim, self.col, room)
+        self.rows = [self.rows[k] for k in kept]
+        for r in self.rows:
+            r.first_col += shift
+        for r, i in zip(new, expand.tolist()):
+            r.first_step, r.first_col = self.t, col - len(prompts[i])
+        self.logits = torch.cat([self.logits[torch.tensor(kept, dtype=torch.long)], logits])
+        self.rows, self.col = self.rows + new, col
 
 
 class _FastBackend:
-    """Preallocated KV cache and ponder's own Llama-family forward (see `ponder.models.decoder`)."""
+    """Preallocated KV cache and ponder's own Llama-family forward (see `ponder.models.decoder`).
+
+    The cache is a buffer with room for more rows and columns than in use; the rows in
+    use are its first `n`, and `cache` is a view of them. A joining request is
+    prefilled straight into the next free rows, ending at the shared column: no copy
+    of the running rows. Only when rows or columns run out is the buffer reallocated,
+    with the running rows' empty leading columns trimmed and spare room added.
+    """
 
     def __init__(self, decoder: Decoder):
-        self.dec, self.cache = decoder, None
+        self.dec, self.buf, self.n = decoder, None, 0
 
-    def prefill(self, ids, mask, pos, max_len):
-        self.cache = self.dec.new_cache(ids.size(0), max_len)
-        return self.dec.forward(ids, pos, self.cache, start=0, valid=mask.bool())
+    @property
+    def cache(self) -> KVCache:
+        return self._rows(0, self.n)
+
+    def _rows(self, lo: int, hi: int) -> KVCache:
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = [k[lo:hi] for k in self.buf.k], [v[lo:hi] for v in self.buf.v]
+        view.valid = self.buf.valid[lo:hi]
+        return view
+
+    def prefill(self, ids, mask, pos, max_len, expand, max_rows=None):
+        rows = len(expand)
+        self.buf, self.n = self.dec.new_cache(max(rows, max_rows or 0), max_len), 0
+        return self._prefill_at(ids, mask, pos, start=0, expand=expand)
+
+    def _prefill_at(self, ids, mask, pos, start, expand):
+        """Prefill the prompts into rows n.. at columns start.., then repeat each per `expand`."""
+        lo, P = self.n, ids.size(0)
+        self.buf.valid[lo:lo + len(expand)] = False  # the rows may hold a finished row's keys
+        logits = self.dec.forward(ids, pos, self._rows(lo, lo + P), start=start, valid=mask.bool())
+        self.n = lo + P
+        if len(expand) > P:
+            self._copy(lo + expand, lo)
+            logits = logits[expand]
+        self.n = lo + len(expand)
+        return logits
+
+    def _copy(self, src: torch.Tensor, dst: int) -> None:
+        """Rows `src` (in that order, repeats allowed) become rows dst.. (through a copy: they may overlap)."""
+        hi = dst + len(src)
+        for bufs in (self.buf.k, self.buf.v):
+            for b in bufs:
+                b[dst:hi] = b[src]
+        self.buf.valid[dst:hi] = self.buf.valid[src]
 
     def select(self, keep):
-        self.cache.select(keep)
+        self._copy(keep, 0)
+        self.n = len(keep)
 
     def step(self, tokens, pos, start):
         return self.dec.forward(tokens[:, None], pos[:, None], self.cache, start=start)
 
-    def join(self, keep, trim: int, end: int, new: "_FastBackend", col: int, width: int) -> None:
-        """Rows `keep` of columns trim..end-1, then `new`'s rows, all ending at column col-1."""
-        a, b = self.cache, new.cache
-        used, lp = end - trim, b.valid.size(1)
-        out = self.dec.new_cache(len(keep) + b.batch, width)
-        na = len(keep)
-        for dst, src_a, src_b in ((out.k, a.k, b.k), (out.v, a.v, b.v)):
-            for d, x, y in zip(dst, src_a, src_b):
-                d[:na, :, col - used:col] = x[keep, :, trim:end]
-                d[na:, :, col - lp:col] = y[:, :, :lp]
-        out.valid[:na, col - used:col] = a.valid[keep, trim:end]
-        out.valid[na:, col - lp:col] = b.valid[:, :lp]
-        self.cache = out
+    def join(self, ids, mask, pos, expand, live: list[int], trim: int, col: int, room: int):
+        """Add prompts at the shared column `col`; returns (their logits, rows kept, new col, column shift)."""
+        Lp, need = ids.size(1), len(expand)
+        rows_cap, cols_cap = self.buf.valid.shape
+        if Lp <= col and self.n + need <= rows_cap and col + room <= cols_cap:
+            kept = list(range(self.n))
+            return self._prefill_at(ids, mask, pos, col - Lp, expand), kept, col, 0
+        used = col - trim
+        new_col = max(used, Lp)
+        width = new_col + room
+        old, keep = self.buf, torch.tensor(live, dtype=torch.long)
+        # Spare room, so that the next joins happen in place: up to twice the rows, half again the columns.
+        self.buf = self.dec.new_cache(max(rows_cap, 2 * (len(live) + need)), width + max(32, width // 2))
+        for dst, src in ((self.buf.k, old.k), (self.buf.v, old.v)):
+            for d, s in zip(dst, src):
+                d[:len(live), :, new_col - used:new_col] = s[keep, :, trim:col]
+        self.buf.valid[:len(live), new_col - used:new_col] = old.valid[keep, trim:col]
+        self.n = len(live)
+        return self._prefill_at(ids, mask, pos, new_col - Lp, expand), live, new_col, new_col - used - trim
 
 
 class _HFBackend:
@@ -500,10 +536,14 @@ class _HFBackend:
     def __init__(self, model):
         self.model, self.cache, self.mask = model, None, None
 
-    def prefill(self, ids, mask, pos, max_len):
+    def prefill(self, ids, mask, pos, max_len, expand, max_rows=None):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         self.cache, self.mask = out.past_key_values, mask
-        return out.logits[:, -1, :]
+        logits = out.logits[:, -1, :]
+        if len(expand) > ids.size(0):  # share each prompt's cache across its samples
+            self.select(expand)
+            logits = logits[expand]
+        return logits
 
     def select(self, keep):
         self.cache.batch_select_indices(keep)
@@ -516,17 +556,22 @@ class _HFBackend:
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
 
-    def join(self, keep, trim: int, end: int, new: "_HFBackend", col: int, width: int) -> None:
-        """As `_FastBackend.join`; HF caches grow by concatenation, so the width is `col`."""
+    def join(self, ids, mask, pos, expand, live: list[int], trim: int, col: int, room: int):
+        """As `_FastBackend.join`; HF caches grow by concatenation, so the rows are always copied."""
         from transformers import DynamicCache
+        new = _HFBackend(self.model)
+        logits = new.prefill(ids, mask, pos, 0, expand)
+        keep, Lp = torch.tensor(live, dtype=torch.long), ids.size(1)
+        used = col - trim
+        new_col = max(used, Lp)
         pad = lambda x, left: torch.nn.functional.pad(x, (0, 0, left, 0))  # (B, H, S, D) on S
         layers = []
         for la, lb in zip(self.cache.layers, new.cache.layers):
-            ka, va = la.keys[keep, :, trim:end], la.values[keep, :, trim:end]
-            kb, vb = lb.keys, lb.values
-            layers.append((torch.cat([pad(ka, col - ka.size(2)), pad(kb, col - kb.size(2))]),
-                           torch.cat([pad(va, col - va.size(2)), pad(vb, col - vb.size(2))])))
+            ka, va = la.keys[keep, :, trim:col], la.values[keep, :, trim:col]
+            layers.append((torch.cat([pad(ka, new_col - used), pad(lb.keys, new_col - Lp)]),
+                           torch.cat([pad(va, new_col - used), pad(lb.values, new_col - Lp)])))
         self.cache = DynamicCache(layers, config=self.model.config)
-        ma, mb = self.mask[keep, trim:end], new.mask
-        self.mask = torch.cat([torch.nn.functional.pad(ma, (col - ma.size(1), 0)),
-                               torch.nn.functional.pad(mb, (col - mb.size(1), 0))])
+        ma = self.mask[keep, trim:col]
+        self.mask = torch.cat([torch.nn.functional.pad(ma, (new_col - used, 0)),
+                               torch.nn.functional.pad(new.mask, (new_col - Lp, 0))])
+        return logits, live, new_col, new_col - used - trim

@@ -57,7 +57,7 @@ class Worker:
 
     def __init__(self, engine: Engine, max_batch: int = 64, max_queue: int = 256):
         self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
-        self.batch = engine.batch()
+        self.batch = engine.batch(max_rows=max_batch)
         self._cv = threading.Condition()
         self._inbox: deque[Job] = deque()
         self._cancelled: list[Job] = []
@@ -146,7 +146,7 @@ class Worker:
             log.exception("engine step failed")
             updates = [(job, ("error", f"generation failed: {e}")) for job in self._jobs.values()]
             self._jobs.clear()
-            self.batch = self.engine.batch()
+            self.batch = self.engine.batch(max_rows=self.max_batch)
             _deliver_all(updates)
             return
         self.steps += 1
