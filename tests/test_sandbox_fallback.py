@@ -9,6 +9,7 @@ it, a known nonce), so that its failure is the sandbox's doing.
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -357,6 +358,7 @@ def test_a_loopback_listener_is_not_reached_when_the_network_can_be_cut(monkeypa
         listener.settimeout(1.0)
         probe = f"""
 import socket
+import subprocess
 try:
     socket.create_connection(('127.0.0.1', {listener.getsockname()[1]}), timeout=1).sendall(b'hi')
     print('CONNECTED')
@@ -369,3 +371,54 @@ except OSError as e:
         with pytest.raises(socket.timeout):
             listener.accept()
     assert result.stdout.startswith("refused"), result
+
+
+# Runs as an unprivileged uid (the verifier itself, not only the program): the
+# opt-in as most users get it. It reads its jobs as JSON on stdin.
+AS_USER = r'''
+import json, os, sys, time
+jobs = json.load(sys.stdin)
+sys.path.insert(0, jobs["repo"])
+from ponder.verifiers import sandbox
+from ponder.verifiers.code import verify_code
+from ponder.verifiers.sandbox import Limits
+limits = Limits(cpu_seconds=2, wall_seconds=6, memory_mb=512, max_processes=16, max_file_mb=1)
+out = {"describe": sandbox.describe("unsafe-subprocess"), "uid": os.getuid()}
+for name, (solution, tests) in jobs["verify"].items():
+    out[name] = verify_code(solution, tests, limits, backend="unsafe-subprocess").status
+time.sleep(0.2)
+out["left"] = [p for p in filter(str.isdigit, os.listdir("/proc"))
+               if jobs["marker"].encode() in open(f"/proc/{p}/cmdline", "rb").read()]
+print(json.dumps(out))
+'''
+
+
+@as_root
+def test_without_root_the_opt_in_still_keeps_the_tests_and_kills_the_children(monkeypatch):
+    python = runnable(UNSAFE, monkeypatch) and sandbox._python()
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__))))
+    closed = [p for p in [repo, *sandbox._parents(os.path.join(repo, "x"))] if not os.stat(p).st_mode & 0o005]
+    if closed:
+        pytest.skip(f"an unprivileged uid cannot read the checkout ({closed[0]} is closed to others)")
+    secret, marker = f"SECRET-{uuid.uuid4().hex}", f"child_{uuid.uuid4().hex}"
+    tests = f"def check(candidate):\n    assert candidate() == {secret!r}, 'not found'\n"
+    spawner = f"""
+import subprocess, sys
+def sort_list(xs):
+    for detach in (False, True):
+        subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', {marker!r}], start_new_session=detach)
+    return sorted(xs)
+"""
+    jobs = {"repo": repo, "marker": marker, "verify": {
+        "honest": [RIGHT, TESTS], "snoop": [SNOOP + "def leak():\n    return snoop()\n", tests],
+        "forger": [FORGER.replace("NONCE", "0" * 32), TESTS], "spawner": [spawner, TESTS]}}
+    uid = sandbox._fresh_uid()
+    proc = subprocess.run([python, "-I", "-c", AS_USER], input=json.dumps(jobs), user=uid, group=uid,
+                          extra_groups=[], cwd="/", env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["uid"] == uid and f"your own uid {uid}" in out["describe"]
+    assert "ponder: WARNING" in proc.stderr
+    assert (out["honest"], out["snoop"], out["forger"], out["spawner"]) == ("correct", "wrong", "wrong", "correct")
+    assert out["left"] == []
