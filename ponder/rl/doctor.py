@@ -657,7 +657,9 @@ def check_kl_blowup(run: Run) -> list[Finding]:
     first = min(p[1][0] for p in parts)
     last = max(p[1][1] for p in parts)
     c = run.config
-    now = lambda k: f" (now {c[k]})" if k in c else ""  # noqa: E731 - a tiny formatter
+
+    def now(k: str) -> str:
+        return f" (now {c[k]})" if k in c else ""
     return [Finding("kl_blowup", severity, (first, last),
                     "; ".join(p[2] for p in parts) + ": updates are too large and the policy is running away "
                     "from the model it started as (its outputs degrade, rewards turn noisy).",
