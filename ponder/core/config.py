@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass
 import tomllib
 import typing
 from pathlib import Path
@@ -155,6 +156,14 @@ def from_args(cls: type[C], args: argparse.Namespace, recipe: str | None = None,
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+@dataclass(frozen=True)
+class RunFields:
+    """Fields every run's config shares (declared once)."""
+    seed: int = option(0, "seed of everything random in the run (problems, sampling, data order, weights)")
+    threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a "
+                          "fixed count)")
 
 
 def set_threads(n: int) -> None:

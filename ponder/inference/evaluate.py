@@ -17,7 +17,7 @@ from statistics import mean
 from ponder.core import config as C
 from ponder.rl.rollout import Group, rollout
 from ponder.tasks.spec import TaskFields, build_task, formatted, make_task
-from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.engine.engine import Engine, SamplingParams, rollout_copy
 from ponder.core.metrics import shows_self_check
 from ponder.models.model import load_model
@@ -27,7 +27,7 @@ from ponder.tasks.base import SPLITS, Task
 
 
 @dataclass(frozen=True)
-class EvalConfig(TaskFields):
+class EvalConfig(RunFields, TaskFields):
     model: str = option("tiny", "HF model folder ('tiny' = the built-in base)")
     data: str = option("", "evaluate on every line of this JSONL file instead (the task's format: prompt = the "
                        "raw document, answer = the gold value), with the task's grader and template")
@@ -36,11 +36,9 @@ class EvalConfig(TaskFields):
     samples: int = option(8, "samples per problem for pass@k / maj@k (1 = greedy only)")
     temperature: float = option(1.0, "temperature of the sampled pass")
     max_new_tokens: int = option(128, "completion token limit")
-    seed: int = option(0, "seed of the problems and of sampling")
     label: str = option("eval", "name of this evaluation in reports")
     out: str = option("", "write the JSON result here (default: print the summary only)")
     chunk: int = option(64, "prompts per generation batch")
-    threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a fixed count)")
     precision: str = option("fp32", "weights generation runs with (bf16: a bf16 copy; faster on AMX CPUs)",
                             choices=("fp32", "bf16"))
 

@@ -23,7 +23,7 @@ from statistics import mean
 
 from ponder.core import config as C
 from ponder.tasks.spec import TaskFields, make_task
-from ponder.core.config import ConfigError, option
+from ponder.core.config import RunFields, ConfigError, option
 from ponder.core.think import THINK_CLOSE, THINK_OPEN
 
 # Arithmetic's column method ends each line with the result so far ("so 105").
@@ -120,7 +120,7 @@ def format_report(rep: dict) -> str:
 
 
 @dataclass(frozen=True)
-class OverthinkConfig(TaskFields):
+class OverthinkConfig(RunFields, TaskFields):
     model: str = option("tiny", "HF model folder")
     problems: int = option(200, "held-out problems")
     samples: int = option(4, "samples per problem")
@@ -128,7 +128,6 @@ class OverthinkConfig(TaskFields):
     max_new_tokens: int = option(128, "completion token limit")
     bin_width: int = option(16, "width of the thinking-length bins, in tokens")
     intermediate_pattern: str = option(DEFAULT_INTERMEDIATE, "regex whose group 1 is an intermediate answer in the thinking")
-    seed: int = option(0, "seed of problems and sampling")
     json: str = option("", "also write the report here")
 
     def __post_init__(self):

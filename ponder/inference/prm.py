@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ponder.core import config as C
 from ponder.rl.rollout import rollout
 from ponder.tasks.spec import TaskFields, make_task
-from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.engine.engine import Engine, SamplingParams
 from ponder.core.think import THINK_CLOSE
 
@@ -45,7 +45,7 @@ HEAD_FILE, META_FILE = "prm_head.pt", "prm.json"
 
 
 @dataclass(frozen=True)
-class PRMConfig(TaskFields):
+class PRMConfig(RunFields, TaskFields):
     model: str = option("tiny", "HF model folder whose hidden states the head reads")
     out: str = option("runs/prm", "folder to write the head to")
     problems: int = option(256, "training-split problems to roll out")
@@ -59,8 +59,6 @@ class PRMConfig(TaskFields):
     weight_decay: float = option(1e-3, "head weight decay")
     val_share: float = option(0.2, "share of problems held out to report the head's fit")
     chunk: int = option(64, "prefixes per generation batch")
-    threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a fixed count)")
-    seed: int = option(0, "seed of problems, sampling and the head")
 
     def __post_init__(self):
         check_choices(self)

@@ -31,14 +31,14 @@ from ponder.core import config as C
 from ponder.engine.budget import parse_budgets
 from ponder.rl.rollout import rollout
 from ponder.tasks.spec import TaskFields, make_task
-from ponder.core.config import ConfigError, option
+from ponder.core.config import RunFields, ConfigError, option
 from ponder.engine.engine import Engine, SamplingParams
 from ponder.core.stats import majority_vote, mean_ci, mean_pass_at_k, weighted_vote, wilson_ci
 from ponder.inference.strategies import adaptive_stop, allocate, best_of_n, extract, step_search
 
 
 @dataclass(frozen=True)
-class ScaleConfig(TaskFields):
+class ScaleConfig(RunFields, TaskFields):
     model: str = option("tiny", "HF model folder")
     split: str = option("test", "held-out split", choices=("test", "train"))
     problems: int = option(200, "problems in the split sample")
@@ -53,11 +53,9 @@ class ScaleConfig(TaskFields):
     prm: str = option("", "PRM folder from `ponder train-prm`; enables weighted vote, PRM best-of-n and search")
     search_n: str = option("4,8,16", "chains per problem for beam search and DVTS (comma-separated)")
     search_width: int = option(4, "expansions per kept node in beam search and DVTS")
-    seed: int = option(0, "seed of problems and sampling")
     json: str = option("", "write the JSON table here")
     plot: str = option("", "write the PNG plot here (default: next to --json)")
     chunk: int = option(64, "prompts per generation batch")
-    threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a fixed count)")
 
     def __post_init__(self):
         C.check_choices(self)

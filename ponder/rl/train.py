@@ -30,7 +30,7 @@ from ponder.models import lora
 from ponder.core import config as C
 from ponder.tasks.spec import TaskFields, is_file_task, make_task
 from ponder.verifiers.probe import refuse_gameable
-from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.models.decoder import supports
 from ponder.engine.engine import Engine, Sample, SamplingParams, rollout_copy
 from ponder.rl.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_advantages, informative_groups,
@@ -55,7 +55,7 @@ def autocast(precision: str):
 
 
 @dataclass(frozen=True)
-class RLConfig(TaskFields):
+class RLConfig(RunFields, TaskFields):
     model: str = option("tiny", "HF model folder to start from ('tiny' = the built-in base)")
     out: str = option("runs/rl", "run directory: metrics, checkpoints, final model")
     steps: int = option(200, "RL steps")
@@ -84,9 +84,7 @@ class RLConfig(TaskFields):
     length_weight: float = option(0.0, "weight of Kimi k1.5's group-relative length reward (long2short RL): "
                                   "+0.5 for a group's shortest correct completion down to -0.5 for its "
                                   "longest; wrong ones never gain. 0 = off")
-    seed: int = option(0, "seed for prompts and sampling")
     save_every: int = option(50, "checkpoint every N steps (and at the end)")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
     tensorboard: bool = option(True, "also write TensorBoard event files")
     progress: bool = option(True, "show a progress bar")
     precision: str = option("fp32", "matmul precision: bf16 samples rollouts from a bf16 copy of the policy "

@@ -35,7 +35,7 @@ from pathlib import Path
 from ponder.core import config as C
 from ponder.rl.rollout import rollout
 from ponder.tasks.spec import TaskFields, make_task
-from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.engine.budget import parse_budgets
 from ponder.engine.engine import Engine, Sample, SamplingParams
 from ponder.models.model import load_model, resolve_model_path
@@ -47,7 +47,7 @@ KEEP = ("all", "shortest")
 
 
 @dataclass(frozen=True)
-class CollectConfig(TaskFields):
+class CollectConfig(RunFields, TaskFields):
     model: str = option("tiny", "HF model folder to sample from ('tiny' = the built-in base)")
     split: str = option("train", "split the prompts come from (never collect on test)", choices=SPLITS)
     prompts: int = option(256, "number of problems")
@@ -62,10 +62,8 @@ class CollectConfig(TaskFields):
     min_budget_accuracy: float = option(0.0, "keep = shortest with several budgets: only budgets whose k "
                                         "samples were correct at least this often on the prompt compete "
                                         "(unless none was)")
-    seed: int = option(0, "seed of the problems and of sampling")
     out: str = option("runs/traces.jsonl", "JSONL file to write")
     chunk: int = option(64, "prompts per generation batch")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
 
     def __post_init__(self):
         check_choices(self)

@@ -42,7 +42,7 @@ from ponder.core import checkpoint as ckpt
 from ponder.core import config as C
 from ponder.stages.collect import CollectConfig, collect
 from ponder.tasks.spec import TASK_FIELDS, TaskFields, make_task, task_fields
-from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.inference.evaluate import EvalConfig, evaluate
 from ponder.models.model import count_params, load_model, resolve_model_path
 from ponder.stages.pretrain import PretrainConfig, pretrain
@@ -57,14 +57,12 @@ SHARED = TASK_FIELDS + ("seed", "max_new_tokens", "threads", "progress")  # [pip
 
 
 @dataclass(frozen=True)
-class PipelineConfig(TaskFields):
-    seed: int = option(0, "seed of every stage (a stage may override it)")
+class PipelineConfig(RunFields, TaskFields):
     max_new_tokens: int = option(128, "completion token limit of every stage")
     eval_problems: int = option(200, "held-out problems in each stage's evaluation")
     eval_samples: int = option(1, "samples per problem in those evaluations (1 = greedy only)")
     teacher: str = option("", "stage whose model is the teacher in summary.json (default: the last rl stage)")
     student: str = option("", "stage whose model is the student in summary.json (default: the last distill stage)")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
     progress: bool = option(True, "show progress bars")
 
     def __post_init__(self):

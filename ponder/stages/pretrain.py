@@ -18,20 +18,19 @@ import torch.nn.functional as F
 
 from ponder.core import config as C
 from ponder.core.loop import TrainingLoop
-from ponder.core.config import check_choices, option
+from ponder.core.config import RunFields, check_choices, option
 from ponder.stages.corpus import CorpusMix, documents
 from ponder.models.model import BUILTIN_BASE, TinyModelConfig, count_params, new_tiny, save_model
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(RunFields):
     out: str = option(str(BUILTIN_BASE), "folder to write the HF model to")
     steps: int = option(2500, "optimizer steps")
     batch_size: int = option(64, "documents per step")
     lr: float = option(1.5e-3, "peak learning rate (AdamW), cosine decay to 10%")
     warmup: int = option(100, "linear warm-up steps")
     weight_decay: float = option(0.01, "AdamW weight decay")
-    seed: int = option(0, "seed for weights and corpus")
     hidden_size: int = option(128, "model width")
     layers: int = option(4, "transformer blocks")
     heads: int = option(4, "attention heads")
@@ -40,7 +39,6 @@ class PretrainConfig:
     p_check: float = option(0.5, "share of full solutions ending with a self-check")
     max_digits: int = option(5, "most digits in a corpus problem")
     save_every: int = option(500, "also save the model every N steps (so a crash loses little)")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
     row_tokens: int = option(256, "documents are packed into rows of at most this many tokens")
 
     def __post_init__(self):

@@ -34,13 +34,13 @@ from ponder.core import config as C
 from ponder.core.think import THINK_CLOSE, THINK_OPEN
 from ponder.tasks.chat import ChatTask
 from ponder.tasks.spec import TaskFields, make_task, parse_task_options
-from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.models.model import TinyModelConfig, count_params, load_model, new_tiny, save_model
 from ponder.core.loop import TrainingLoop
 
 
 @dataclass(frozen=True)
-class SFTConfig(TaskFields):
+class SFTConfig(RunFields, TaskFields):
     data: str = option("", "JSONL trace file(s), comma-separated; each line has 'prompt' and 'completion'")
     gold: int = option(0, "also train on the gold answers of this many train examples of the task, prompts "
                        "in the task's format (SFT on labelled data: a cold start before RL)")
@@ -54,9 +54,7 @@ class SFTConfig(TaskFields):
     min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "max gradient norm")
-    seed: int = option(0, "seed of the data order (and of a fresh student's weights)")
     save_every: int = option(50, "checkpoint every N steps (and at the end)")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
     tensorboard: bool = option(False, "also write TensorBoard event files")
     progress: bool = option(True, "show a progress bar")
 

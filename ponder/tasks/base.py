@@ -57,3 +57,8 @@ class Task(ABC):
     @abstractmethod
     def verify(self, completion: str, example: Example) -> Verdict:
         """Check the answer in `completion` against `example`; never raises."""
+
+
+# the think format lives in ponder.core.think; these names stay importable from here
+__all__ = ["Example", "Task", "SPLITS", "TEST_SHARE", "split_of", "check_split",
+           "THINK_OPEN", "THINK_CLOSE", "answer_text", "thinking_text", "format_score"]
