@@ -489,4 +489,7 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     print(f"trained model: {path}")
+    from ponder.rl.doctor import summary_lines
+    for line in summary_lines(cfg.out):  # what `ponder doctor` sees in the run, in a few lines
+        print(line)
     return 0
