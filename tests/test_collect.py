@@ -7,7 +7,8 @@ import pytest
 from ponder.stages.collect import CollectConfig, accept, collect, readable, round_trips
 from ponder.core.config import ConfigError
 from ponder.engine.engine import Sample
-from ponder.stages.sft import read_traces, sha256_file
+from ponder.core.io import sha256_file
+from ponder.stages.sft import read_traces
 from ponder.tasks import TASKS
 from ponder.core.verdict import correct, wrong
 from r1_fixtures import AnyTask, small_model

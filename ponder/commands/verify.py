@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ponder.core.config import ConfigError, add_arguments, from_args
+from ponder.core.io import read_jsonl
 from ponder.tasks.base import SPLITS, Example, Task
 from ponder.core.verdict import Verdict
 from ponder.tasks.spec import build_task
@@ -77,23 +78,16 @@ def _math(argv: list[str]) -> int:
 
 
 def _answers_file(path: str, gold: str) -> list[tuple[str, str]]:
-    text = _read(path, "answers file")
     if not path.endswith(".jsonl"):
-        return [(line, gold) for line in text.splitlines() if line.strip()]
+        return [(line, gold) for line in _read(path, "answers file").splitlines() if line.strip()]
     out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for where, row in read_jsonl(path, "answers file"):
         if isinstance(row, str):
             out.append((row, gold))
         elif isinstance(row, dict) and isinstance(row.get("answer"), str):
             out.append((row["answer"], str(row.get("gold", gold))))
         else:
-            raise ConfigError(f"{path}:{lineno}: expected a string or an object with an `answer` string")
+            raise ConfigError(f"{where}: expected a string or an object with an `answer` string")
     return out
 
 
@@ -165,15 +159,9 @@ def _task(argv: list[str]) -> int:
 
 def _completions_file(path: str) -> list[tuple[str, str]]:
     out = []
-    for lineno, line in enumerate(_read(path, "completions file").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for where, row in read_jsonl(path, "completions file"):
         if not (isinstance(row, dict) and isinstance(row.get("completion"), str) and "id" in row):
-            raise ConfigError(f"{path}:{lineno}: expected an object with `id` and a `completion` string")
+            raise ConfigError(f"{where}: expected an object with `id` and a `completion` string")
         out.append((str(row["id"]), row["completion"]))
     return out
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
 
 from ponder.core import config as C
 from ponder.engine.budget import parse_budgets
+from ponder.core.io import write_json
 from ponder.rl.rollout import rollout
 from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import RunFields, ConfigError, option
@@ -202,15 +202,6 @@ def bar(entries: list[dict], samples: int) -> dict:
 
 
 # -- driver -----------------------------------------------------------------------------------------
-def write_json(result: dict, path: str) -> None:
-    """Write the table atomically (temp name, then rename): a reader never sees half a file."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
-
-
 def scale(cfg: ScaleConfig, log=print) -> dict:
     """Every strategy and setting on the held-out split. With `cfg.json` set, the table so
     far is written after each budget and search setting (`"complete": false` until the end),
@@ -230,7 +221,7 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
     entries = [entry("greedy", 1, None, [g.correct[0] for g in greedy], [len(g.samples[0].ids) for g in greedy], diff)]
     log(f"greedy {entries[-1]['accuracy']:.3f}")
     result = {"config": asdict(cfg), "complete": False, "entries": entries}
-    save = (lambda: write_json(result, cfg.json)) if cfg.json else (lambda: None)
+    save = (lambda: write_json(cfg.json, result)) if cfg.json else (lambda: None)
     save()
     for budget in parse_budgets(cfg.budgets, cfg.max_new_tokens):
         entries += budget_entries(engine, task, examples, prm, budget, cfg, tok, result, log)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def trace_row(ex: Example, s: Sample, v: Verdict, cfg: CollectConfig, model_sha:
 
 def collect(cfg: CollectConfig) -> dict:
     """Write the accepted traces to `cfg.out`; returns statistics of the collection."""
-    from ponder.stages.sft import sha256_file
+    from ponder.core.io import atomic_writer, sha256_file
     C.set_threads(cfg.threads)
     model, tok = load_model(cfg.model)
     task: Task = make_task(cfg, tok)  # the same prompts as train and eval
@@ -145,10 +144,8 @@ def collect(cfg: CollectConfig) -> dict:
     budget_of = [b for b in budgets for _ in range(cfg.k)]  # sample j * k + s: budget j's s-th sample
     examples = task.examples(cfg.split, cfg.prompts, seed=cfg.seed)
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     n_samples = n_correct = n_kept = solved = kept_think = n_unencodable = 0
-    with tmp.open("w") as f:
+    with atomic_writer(out) as f:  # the trace file appears whole, or not at all
         for start in range(0, len(examples), cfg.chunk):
             chunk = examples[start:start + cfg.chunk]
             # seeds follow each problem's index in the whole collection, not in its chunk
@@ -169,13 +166,9 @@ def collect(cfg: CollectConfig) -> dict:
                 for j in kept:
                     kept_think += group[j].thinking_tokens
                     f.write(json.dumps(trace_row(ex, group[j], verdicts[j], cfg, model_sha, j, budget_of[j])) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    if n_kept == 0:
-        tmp.unlink()
-        raise ConfigError(f"collect: none of {n_samples} samples from {cfg.model!r} was accepted "
-                          f"(keep={cfg.keep}, readable={cfg.readable}); nothing to train on")
-    os.replace(tmp, out)
+        if n_kept == 0:
+            raise ConfigError(f"collect: none of {n_samples} samples from {cfg.model!r} was accepted "
+                              f"(keep={cfg.keep}, readable={cfg.readable}); nothing to train on")
     stats = {"prompts": len(examples), "samples": n_samples, "correct_frac": n_correct / n_samples,
              "prompts_solved_frac": solved / len(examples), "kept": n_kept, "dropped_unencodable": n_unencodable,
              "kept_mean_thinking_tokens": kept_think / n_kept, "out": str(out), "sha256": sha256_file(out)}

@@ -12,11 +12,16 @@ kind's config keys:
                               or `model = "@NAME"` of a pretrain stage)
     pretrain  PretrainConfig  model/ (e.g. a small base for a student)
     eval      EvalConfig      eval.json
+    data      MakeDataConfig  train.jsonl, test.jsonl, all.jsonl (a generated task file,
+                              e.g. `ponder make-data invoices`)
 
 `model = "@NAME"` starts from an earlier stage's model (an eval stage stands
 for the model it evaluated, so an existing model can head the chain);
-`data = "@NAME"` (comma-separated) trains on a collect stage's traces. Every
-stage that makes a model is then evaluated on the held-out split.
+`data = "@NAME"` (comma-separated) trains on a collect stage's traces;
+`task = "@NAME"` (or `data = "@NAME"` in the recipe's [task] table) is the task
+file a data stage generated, so one command makes the data and trains on it.
+A grader file in the recipe is found relative to the recipe. Every stage that
+makes a model is then evaluated on the held-out split.
 
 Each stage ends by writing DIR/NAME/manifest.json (parent model, data files
 and outputs with sha256, resolved config, metrics, held-out evaluation, git
@@ -31,26 +36,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ponder.core import checkpoint as ckpt
 from ponder.core import config as C
 from ponder.stages.collect import CollectConfig, collect
-from ponder.tasks.spec import TASK_FIELDS, TaskFields, make_task, task_fields
+from ponder.tasks.invoices import MakeDataConfig, make_data
+from ponder.tasks.spec import TASK_FIELDS, TaskFields, is_file_task, make_task, task_fields
 from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.inference.evaluate import EvalConfig, evaluate
 from ponder.models.model import count_params, load_model, resolve_model_path
 from ponder.stages.pretrain import PretrainConfig, pretrain
-from ponder.stages.sft import SFTConfig, sft, sha256_file
+from ponder.core.io import sha256_file, write_json
+from ponder.stages.sft import SFTConfig, sft
 from ponder.rl.train import RLConfig, train
 
 KINDS = {"rl": RLConfig, "collect": CollectConfig, "sft": SFTConfig, "distill": SFTConfig,
-         "pretrain": PretrainConfig, "eval": EvalConfig}
+         "pretrain": PretrainConfig, "eval": EvalConfig, "data": MakeDataConfig}
+DATA_FILE = "all.jsonl"  # what `@NAME` of a data stage stands for: both splits, each line with its `split`
 MAKES_MODEL = ("rl", "sft", "distill", "pretrain")
 MANIFEST = "manifest.json"
 SHARED = TASK_FIELDS + ("seed", "max_new_tokens", "threads", "progress")  # [pipeline] keys stages inherit
@@ -101,7 +108,19 @@ def load_recipe(path: str | Path) -> tuple[PipelineConfig, list[dict]]:
     if not isinstance(stages, list) or not stages:
         raise ConfigError(f"recipe {str(path)!r} declares no stages; add [[stage]] tables with name and kind")
     task = {k: v for k, v in data.items() if k in TASK_FIELDS}
-    return C.build(PipelineConfig, {**task, **data.get("pipeline", {})}), stages
+    here = Path(path).parent
+    shared = _near_recipe({**task, **data.get("pipeline", {})}, here)
+    return C.build(PipelineConfig, shared), [_near_recipe(t, here) if isinstance(t, dict) else t for t in stages]
+
+
+def _near_recipe(values: dict, here: Path) -> dict:
+    """A grader file named in a recipe is looked up beside the recipe first (then as given),
+    so `grader = "my_grader.toml"` works from any working directory."""
+    grader = values.get("grader")
+    if isinstance(grader, str) and grader.endswith(".toml") and not Path(grader).is_absolute() \
+            and (here / grader).is_file():
+        return {**values, "grader": str(here / grader)}
+    return values
 
 
 def resolve(pc: PipelineConfig, raw: list[dict], out: Path) -> list[Stage]:
@@ -125,6 +144,8 @@ def resolve(pc: PipelineConfig, raw: list[dict], out: Path) -> list[Stage]:
         values.update(table)
         values["out"] = str(out / name / {"collect": "traces.jsonl", "eval": "eval.json", "pretrain": "model"}.get(kind, ""))
         parent = ""
+        if isinstance(values.get("task"), str) and values["task"].startswith("@"):
+            values["task"] = _task_ref(values["task"], done, where)
         if "model" in own:
             values["model"] = _model_ref(values.get("model", "tiny"), done, where)
             parent = values["model"]
@@ -157,11 +178,28 @@ def _model_ref(value: str, done: dict[str, Stage], where: str) -> str:
     if not value.startswith("@"):
         return value
     ref = done.get(value[1:])
-    if ref is None or ref.kind == "collect":
-        valid = [n for n, s in done.items() if s.kind != "collect"]
+    if ref is None or ref.kind in ("collect", "data"):
+        valid = [n for n, s in done.items() if s.kind not in ("collect", "data")]
         raise ConfigError(f"{where}: model {value!r} must name an earlier stage with a model; "
                           f"valid: {', '.join('@' + n for n in valid) or '(none yet)'}")
     return ref.model_out
+
+
+def _task_ref(value: str, done: dict[str, Stage], where: str) -> str:
+    """`@NAME` of a data stage -> the task file it writes."""
+    ref = done.get(value[1:])
+    if ref is None or ref.kind != "data":
+        valid = [n for n, s in done.items() if s.kind == "data"]
+        raise ConfigError(f"{where}: task {value!r} must name an earlier data stage; "
+                          f"valid: {', '.join('@' + n for n in valid) or '(none yet)'}")
+    return str(Path(ref.config.out) / DATA_FILE)
+
+
+def resolved_task(pc: PipelineConfig, stages: list[Stage]) -> PipelineConfig:
+    """The pipeline's own task (for the held-out evaluations) with `@NAME` replaced."""
+    if not pc.task.startswith("@"):
+        return pc
+    return replace(pc, task=_task_ref(pc.task, {s.name: s for s in stages}, "[task]"))
 
 
 def _data_ref(value: str, done: dict[str, Stage], where: str) -> str:
@@ -186,9 +224,15 @@ def model_sha(path: str) -> str:
 
 
 def inputs_of(stage: Stage) -> dict:
-    """What the stage reads, with hashes: a change here makes a finished stage stale."""
-    return {"parent": {"model": stage.parent, "sha256": model_sha(stage.parent)} if stage.parent else None,
-            "data": [{"path": d, "sha256": sha256_file(d) if Path(d).is_file() else ""} for d in stage.data]}
+    """What the stage reads, with hashes: a change here makes a finished stage stale.
+    A task file (a .jsonl task, e.g. a data stage's) is one of them; a built-in task is not."""
+    inputs = {"parent": {"model": stage.parent, "sha256": model_sha(stage.parent)} if stage.parent else None,
+              "data": [{"path": d, "sha256": sha256_file(d) if Path(d).is_file() else ""} for d in stage.data]}
+    task = getattr(stage.config, "task", "")
+    if isinstance(task, str) and is_file_task(task):
+        path = task.removeprefix("jsonl:")
+        inputs["task"] = {"path": path, "sha256": sha256_file(path) if Path(path).is_file() else ""}
+    return inputs
 
 
 def git_commit() -> str | None:
@@ -212,15 +256,6 @@ def _jsonable(cfg) -> dict:
 def read_manifest(stage_dir: Path) -> dict | None:
     p = stage_dir / MANIFEST
     return json.loads(p.read_text()) if p.is_file() else None
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(json.dumps(obj, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def same_config(recorded: dict, cfg) -> bool:
@@ -271,10 +306,10 @@ def _held_out(stage: Stage, pc: PipelineConfig, model_path: str, stage_dir: Path
 
 def run_stage(stage: Stage, pc: PipelineConfig, stage_dir: Path) -> dict:
     """Run (or resume) one stage and return its manifest, written last."""
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     stage_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(stage_dir / "inputs.json", inputs_of(stage))  # what a resume must start from too
+    write_json(stage_dir / "inputs.json", inputs_of(stage))  # what a resume must start from too
     resume = ckpt.latest(stage_dir / "checkpoints") is not None
     metrics: dict = {}
     outputs: list[str] = []
@@ -290,6 +325,9 @@ def run_stage(stage: Stage, pc: PipelineConfig, stage_dir: Path) -> dict:
         outputs.append(stage.config.out)
     elif stage.kind == "pretrain":
         outputs.append(str(pretrain(stage.config)))
+    elif stage.kind == "data":
+        metrics = make_data(stage.config)
+        outputs += [str(Path(stage.config.out) / f) for f in ("train.jsonl", "test.jsonl", DATA_FILE)]
     held_out = None
     if stage.kind in MAKES_MODEL or stage.kind == "eval":
         held_out = _held_out(stage, pc, stage.model_out, stage_dir)
@@ -298,12 +336,14 @@ def run_stage(stage: Stage, pc: PipelineConfig, stage_dir: Path) -> dict:
     manifest = {
         "stage": stage.name, "kind": stage.kind, "config": _jsonable(stage.config), "inputs": inputs_of(stage),
         "outputs": [{"path": str(p), "sha256": sha256_file(p)} for p in files if p.is_file()],
-        "model": stage.model_out if stage.kind != "collect" else None,
+        "model": stage.model_out if stage.kind not in ("collect", "data") else None,
         "metrics": metrics, "held_out": held_out, "git_commit": git_commit(),
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.time() - t0, 1), "resumed": resume,
+        # CPU time of this process over all its threads (this run's part, if it was resumed)
+        "cpu_seconds": round(time.process_time() - cpu0, 1),
     }
-    _write_json_atomic(stage_dir / MANIFEST, manifest)
+    write_json(stage_dir / MANIFEST, manifest)
     return manifest
 
 
@@ -313,12 +353,13 @@ def run_pipeline(recipe: str | Path, out: str | Path, from_stage: str | None = N
     out = Path(out)
     pc, raw = load_recipe(recipe)
     stages = resolve(pc, raw, out)
+    pc = resolved_task(pc, stages)
     names = [s.name for s in stages]
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from {from_stage!r} is not a stage of {str(recipe)!r}; valid: {', '.join(names)}")
     C.set_threads(pc.threads)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / "pipeline.json", {"recipe": str(recipe), "stages": names,
+    write_json(out / "pipeline.json", {"recipe": str(recipe), "stages": names,
                                                "recipe_text": Path(recipe).read_text()})
     status: dict[str, str] = {}
     rerun = False  # from the --from stage on, everything reruns
@@ -335,7 +376,7 @@ def run_pipeline(recipe: str | Path, out: str | Path, from_stage: str | None = N
         print(f"[{stage.name}] running {stage.kind} ({why})")
         run_stage(stage, pc, stage_dir)
         status[stage.name] = "ran"
-    _write_json_atomic(out / "summary.json", summarize(pc, stages, out))
+    write_json(out / "summary.json", summarize(pc, stages, out))
     print(f"wrote {out / 'summary.json'}")
     return status
 
@@ -355,9 +396,14 @@ def summarize(pc: PipelineConfig, stages: list[Stage], out: Path) -> dict:
     for s in stages:
         m = read_manifest(out / s.name) or {}
         h = m.get("held_out") or {}
-        rows.append({"stage": s.name, "kind": s.kind, "accuracy": h.get("summary", {}).get("accuracy"),
-                     "mean_thinking_tokens": h.get("summary", {}).get("mean_thinking_tokens"),
-                     "params": h.get("params"), "model": m.get("model")})
+        hs = h.get("summary", {})
+        rows.append({"stage": s.name, "kind": s.kind, "accuracy": hs.get("accuracy"),
+                     "accuracy_ci": hs.get("accuracy_ci"), "mean_score": hs.get("mean_score"),
+                     "mean_thinking_tokens": hs.get("mean_thinking_tokens"),
+                     "params": h.get("params"), "model": m.get("model"),
+                     "minutes": round(m["seconds"] / 60, 2) if "seconds" in m else None,
+                     "cpu_minutes": round(m["cpu_seconds"] / 60, 2) if "cpu_seconds" in m else None,
+                     "by_info": hs.get("by_info")})
     by_name = {r["stage"]: r for r in rows}
     teacher = pc.teacher or next((s.name for s in reversed(stages) if s.kind == "rl"), "")
     student = pc.student or next((s.name for s in reversed(stages) if s.kind == "distill"), "")

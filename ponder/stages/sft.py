@@ -36,6 +36,7 @@ from ponder.tasks.chat import ChatTask
 from ponder.tasks.spec import TaskFields, make_task, parse_task_options
 from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.models.model import TinyModelConfig, count_params, load_model, new_tiny, save_model
+from ponder.core.io import read_jsonl, sha256_file
 from ponder.core.loop import TrainingLoop
 
 
@@ -89,29 +90,14 @@ def read_traces(path: str | Path) -> list[Trace]:
 
     A truncated file (a write that was killed) shows up as a last line that is not valid JSON.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise TraceFileError(f"trace file {str(p)!r} does not exist")
     out = []
-    with p.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            where = f"{p}:{n}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise TraceFileError(f"{where}: not UTF-8 ({e})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TraceFileError(f"{where}: not valid JSON ({e.msg}); is the file truncated or corrupt?") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                    or not isinstance(row.get("completion"), str):
-                raise TraceFileError(f"{where}: expected an object with string fields 'prompt' and 'completion'")
-            out.append(Trace(row["prompt"], row["completion"], where))
+    for where, row in read_jsonl(path, "trace file", error=TraceFileError):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
+                or not isinstance(row.get("completion"), str):
+            raise TraceFileError(f"{where}: expected an object with string fields 'prompt' and 'completion'")
+        out.append(Trace(row["prompt"], row["completion"], where))
     if not out:
-        raise TraceFileError(f"trace file {str(p)!r} holds no traces")
+        raise TraceFileError(f"trace file {str(path)!r} holds no traces")
     return out
 
 
@@ -135,14 +121,6 @@ def gold_traces(cfg: SFTConfig, tok) -> list[Trace]:
     raw = not isinstance(task, ChatTask)
     return [Trace(ex.prompt, f"{THINK_OPEN}{THINK_CLOSE}{ex.answer}" if raw else ex.answer,
                   f"{task.name}:{ex.id}") for ex in examples]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encode_trace(tok, t: Trace) -> tuple[list[int], list[int]]:

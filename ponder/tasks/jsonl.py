@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.core.config import ConfigError
+from ponder.core.io import read_jsonl
 from ponder.tasks.base import SPLITS, Example, Task, check_split, split_of
 from ponder.core.verdict import Verdict
 from ponder.verifiers.custom import (CombineGrader, Grader, JsonSchemaGrader, PythonGrader, grade, load_function,
@@ -30,25 +31,15 @@ _KNOWN = ("id", "prompt", "answer", "difficulty", "split")
 
 def read_examples(path: str | Path) -> list[tuple[str, Example, str]]:
     """(split, example, "file:line") for every line of a JSONL file; errors name the file and line."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"task file {str(p)!r} does not exist")
-    out, ids = [], {}
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            out.append((*_example(line, f"{p}:{lineno}", lineno, ids), f"{p}:{lineno}"))
+    ids: dict[str, str] = {}
+    out = [(*_example(row, where, int(where.rsplit(":", 1)[1]), ids), where)
+           for where, row in read_jsonl(path, "task file")]
     if not out:
-        raise ConfigError(f"task file {str(p)!r} has no examples")
+        raise ConfigError(f"task file {str(path)!r} has no examples")
     return out
 
 
-def _example(line: str, where: str, lineno: int, ids: dict[str, str]) -> tuple[str, Example]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+def _example(row, where: str, lineno: int, ids: dict[str, str]) -> tuple[str, Example]:
     if not isinstance(row, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
     missing = [k for k in ("prompt", "answer") if k not in row]
