@@ -18,7 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "compare": ("ponder.inference.compare:main", "paired accuracy difference of two `ponder eval --out` files, with a 95% interval"),
     "report": ("ponder.commands.report:main", "write an HTML page with plots for a run directory"),
     "doctor": ("ponder.rl.doctor:main", "diagnose a run that is not learning: no signal, collapse, truncation, hacking..."),
-    "make-data": ("ponder.commands.make_data:main", "write a task's data as JSONL (code: Python function problems; humaneval)"),
+    "make-data": ("ponder.commands.make_data:main", "write a task's data as JSONL (invoices, code problems, humaneval)"),
     "tasks": ("ponder.commands.tasks:main", "list the built-in tasks, reasoning-gym datasets, and how to bring your own"),
     "verify": ("ponder.commands.verify:main", "run a verifier on given answers and print verdicts (math, code, json, task)"),
     "probe": ("ponder.verifiers.probe:main", "attack a task's verifier with degenerate answers; report any that score > 0"),

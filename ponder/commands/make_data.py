@@ -31,16 +31,27 @@ GENERATORS: dict[str, tuple[Callable[[Path, int], list[Path]], str]] = {
 }
 
 
+# kind -> (its own command "module:function" taking the rest of the arguments, description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "invoices": ("ponder.tasks.invoices:main", "invoice texts in many layouts -> the 7-field JSON schema "
+                 "(train.jsonl / test.jsonl, split by layout; `ponder make-data invoices --help`)"),
+}
+
+
 def main(argv: list[str]) -> int:
-    kinds = "\n".join(f"  {k}: {desc}" for k, (_, desc) in GENERATORS.items())
+    if argv and argv[0] in COMMANDS:
+        import importlib
+        module, func = COMMANDS[argv[0]][0].split(":")
+        return getattr(importlib.import_module(module), func)(argv)  # it reads the kind itself
+    kinds = "\n".join(f"  {k}: {desc}" for k, (_, desc) in {**GENERATORS, **COMMANDS}.items())
     ap = argparse.ArgumentParser(prog="ponder make-data", description=__doc__.splitlines()[0],
                                  epilog=f"kinds:\n{kinds}", formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", help=f"what to generate: {', '.join(GENERATORS)}")
+    ap.add_argument("kind", help=f"what to generate: {', '.join([*GENERATORS, *COMMANDS])}")
     ap.add_argument("--out", required=True, help="folder to write into (created if missing)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     args = ap.parse_args(argv)
     if args.kind not in GENERATORS:
-        raise ConfigError(f"unknown make-data kind {args.kind!r}; valid kinds: {', '.join(GENERATORS)}")
+        raise ConfigError(f"unknown make-data kind {args.kind!r}; valid kinds: {', '.join([*GENERATORS, *COMMANDS])}")
     generate, _ = GENERATORS[args.kind]
     for path in generate(Path(args.out), args.seed):
         lines = sum(1 for line in path.open(encoding="utf-8") if line.strip())
