@@ -7,7 +7,10 @@ import json
 import threading
 
 import anthropic
-import httpx2 as httpx  # the HTTP client the openai and anthropic clients are built on
+try:  # the HTTP client the openai and anthropic clients are built on (httpx2 in newer ones)
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
 import openai
 import pytest
 

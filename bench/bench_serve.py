@@ -1,0 +1,161 @@
+"""Benchmark: `ponder serve` throughput and latency with 1, 8, 32, 64 concurrent streaming clients.
+
+    python bench/bench_serve.py [--model tiny] [--threads 1] [--requests 2] [--min-requests 32] [--max-seconds 60]
+
+Starts `ponder serve MODEL` as its own process on a free loopback port, then for
+each concurrency level runs that many clients, each sending `--requests`
+streaming chat requests one after another (at least `--min-requests` per level
+in all, so one client sends 32), with arithmetic prompts, reasoning effort high,
+temperature 1 and fixed seeds; no new request starts after `--max-seconds`.
+Per level it prints the aggregate decode rate (completion tokens from the usage
+chunks / wall time), time to first token (p50, p95) and request latency (p50,
+p95). The last line is the 32-client aggregate rate divided by the 1-client one.
+This is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+try:  # the HTTP client the openai and anthropic clients are built on (httpx2 in newer ones)
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
+
+LEVELS = (1, 8, 32, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, port: int, threads: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ponder.cli", "serve", model, "--port", str(port), "--threads", str(threads),
+           "--max-batch", "64"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start in 120 s")
+
+
+def prompts(n: int) -> list[str]:
+    from ponder.tasks import get_task
+    return [ex.prompt.strip() for ex in get_task("arithmetic").examples("test", n, seed=1)]
+
+
+async def one_request(client: httpx.AsyncClient, model: str, prompt: str, seed: int, max_tokens: int) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True, "seed": seed,
+            "max_completion_tokens": max_tokens, "reasoning_effort": "high", "temperature": 1.0,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first, usage = None, None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            return {"error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if first is None and any((c["delta"].get("content") or c["delta"].get("reasoning"))
+                                     for c in chunk.get("choices", [])):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    if usage is None:
+        return {"error": "stream ended without a usage chunk"}
+    return {"ttft": (first or end) - t0, "latency": end - t0, "tokens": usage["completion_tokens"]}
+
+
+async def level(url: str, model: str, clients: int, requests: int, max_seconds: float, max_tokens: int,
+                pool: list[str]) -> dict:
+    deadline = time.perf_counter() + max_seconds
+    results: list[dict] = []
+
+    async def client_loop(c: int, http: httpx.AsyncClient):
+        for k in range(requests):
+            if time.perf_counter() > deadline:
+                return
+            i = c * requests + k
+            try:
+                results.append(await one_request(http, model, pool[i % len(pool)], seed=i, max_tokens=max_tokens))
+            except httpx.HTTPError as e:
+                results.append({"error": repr(e)})
+
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_loop(c, http) for c in range(clients)))
+        wall = time.perf_counter() - t0
+    ok = [r for r in results if "error" not in r]
+    errors = [r["error"] for r in results if "error" in r]
+    q = lambda xs, p: statistics.quantiles(xs, n=100, method="inclusive")[p - 1] if len(xs) > 1 else xs[0]
+    ttft, lat = [r["ttft"] for r in ok] or [float("nan")], [r["latency"] for r in ok] or [float("nan")]
+    tokens = sum(r["tokens"] for r in ok)
+    return {"clients": clients, "requests": len(ok), "errors": len(errors), "first_error": errors[:1],
+            "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "ttft_p50": q(ttft, 50), "ttft_p95": q(ttft, 95), "latency_p50": q(lat, 50), "latency_p95": q(lat, 95)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client at each level")
+    ap.add_argument("--min-requests", type=int, default=32, help="requests per level at least")
+    ap.add_argument("--max-seconds", type=float, default=60, help="per level: no new request after this")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--json", default="", help="also write the results here")
+    args = ap.parse_args()
+    port = free_port()
+    server = start_server(args.model, port, args.threads)
+    url = f"http://127.0.0.1:{port}"
+    per_client = {c: max(args.requests, -(-args.min_requests // c)) for c in LEVELS}
+    pool = prompts(max(c * k for c, k in per_client.items()))
+    rows = []
+    try:
+        asyncio.run(level(url, args.model, 4, 1, 30, args.max_tokens, pool))  # warm-up, not reported
+        print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'tokens':>7} {'tok/s':>8} "
+              f"{'TTFT p50':>9} {'TTFT p95':>9} {'lat p50':>8} {'lat p95':>8}")
+        for c in LEVELS:
+            r = asyncio.run(level(url, args.model, c, per_client[c], args.max_seconds, args.max_tokens, pool))
+            rows.append(r)
+            print(f"{c:>7} {r['requests']:>8} {r['errors']:>6} {r['tokens']:>7} {r['tokens_per_s']:>8.0f} "
+                  f"{r['ttft_p50']:>8.3f}s {r['ttft_p95']:>8.3f}s {r['latency_p50']:>7.3f}s {r['latency_p95']:>7.3f}s",
+                  flush=True)
+            if r["errors"]:
+                print(f"        first error: {r['first_error'][0]}")
+        health = httpx.get(url + "/health", timeout=5).json()
+        print(f"server after the run: {health['status']}, running {health['running_requests']}, "
+              f"queued {health['queued_requests']}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "levels": rows, "cpus": os.cpu_count()}, f, indent=1)
+    by = {r["clients"]: r for r in rows}
+    print(f"32-client aggregate decode tokens/s / 1-client: {by[32]['tokens_per_s']:.0f} / "
+          f"{by[1]['tokens_per_s']:.0f} = {by[32]['tokens_per_s'] / by[1]['tokens_per_s']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
