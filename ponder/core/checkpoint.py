@@ -13,7 +13,6 @@ against the marker and falls back to an older checkpoint when one is damaged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ponder.core.config import ConfigError
+from ponder.core.io import fsync_dir as _fsync_dir, sha256_file
 
 MARKER = "COMPLETE"
 T = TypeVar("T")
@@ -44,28 +44,6 @@ def set_rng_state(state: dict) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a folder's entries (new names, renames) durable; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a directory; nothing more can be done there
-        pass
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(folder: Path) -> list[Path]:
