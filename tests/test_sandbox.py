@@ -9,6 +9,7 @@ in test_sandbox_fallback.py.
 import ast
 import os
 import socket
+import tempfile
 import time
 import uuid
 
@@ -115,9 +116,11 @@ def test_main_must_be_one_of_the_files():
 
 
 @needs_bwrap
-def test_paths_may_not_leave_the_sandbox_dir():
+def test_paths_may_not_leave_the_sandbox_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the sandbox makes its folders
     with pytest.raises(SandboxError, match="inside the sandbox"):
         run_python({"main.py": "", "../evil.py": ""}, "main.py", FAST)
+    assert list(tmp_path.iterdir()) == []  # the refused run leaves no folder behind
 
 
 # ------------------------------------------------------------ escapes (bwrap only)

@@ -557,6 +557,17 @@ def _launch(program: Program, limits: Limits, backend: str, extra_fds: tuple) ->
     as_root = os.geteuid() == 0
     uid = _fresh_uid() if as_root else None  # root never runs a program as itself
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="ponder-"))  # mode 0700, unpredictable name
+    try:
+        return _start(program, limits, backend, extra_fds, workdir, uid)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)  # a bad file, no pipe, no start: leave nothing behind
+        raise
+
+
+def _start(program: Program, limits: Limits, backend: str, extra_fds: tuple, workdir: str,
+           uid: int | None) -> _Proc:
+    """Write the program's files into `workdir` and start its bootstrap there."""
+    as_root = os.geteuid() == 0
     _write_files(workdir, program.files, uid)
     if uid is not None:
         os.chown(workdir, uid, uid)
@@ -590,7 +601,6 @@ def _launch(program: Program, limits: Limits, backend: str, extra_fds: tuple) ->
         for fd in (status_r, report_r):
             if fd is not None:
                 os.close(fd)
-        shutil.rmtree(workdir, ignore_errors=True)
         raise SandboxError(f"could not start the {backend} sandbox: {exc}") from exc
     finally:
         for fd in (spec_r, status_w, report_w):
