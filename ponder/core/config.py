@@ -95,10 +95,13 @@ def load_toml(path: str | Path, section: str | None = None) -> dict[str, Any]:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"recipe {str(p)!r} is not valid TOML: {e}") from None
-    if section is not None and section in data:
-        # a top-level [task] table holds for every section (verb) of the recipe
+    if section is not None:
+        # a verb reads its own [section], or else the top-level keys; other verbs' tables are not
+        # its business, and a top-level [task] table holds for every verb of the recipe
         shared = {"task": data["task"]} if isinstance(data.get("task"), dict) else {}
-        data = {**shared, **data[section]}
+        own = data[section] if isinstance(data.get(section), dict) else \
+            {k: v for k, v in data.items() if not isinstance(v, dict)}
+        data = {**shared, **own}
     return flatten_task_table(data)
 
 
