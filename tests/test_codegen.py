@@ -191,3 +191,19 @@ def test_humaneval_graded_with_and_without_the_prompt():
     assert codegen.prompt_prefixed_reward(fenced(function), ex).status == "correct"
     assert codegen.prompt_prefixed_reward(f"<think></think>```python\n{body}```", ex).status == "correct"
     assert codegen.prompt_prefixed_reward(fenced("def has_close_elements(n, t):\n    return False\n"), ex).status == "wrong"
+
+
+def test_the_recipe_and_its_graders_load(tmp_path):
+    """recipes/code.toml is a valid train and eval config over the generated file, with both graders."""
+    from ponder.core.config import build, load_toml
+    from ponder.inference.evaluate import EvalConfig
+    from ponder.rl.train import RLConfig
+    root = Path(__file__).parent.parent
+    train = build(RLConfig, load_toml(root / "recipes" / "code.toml", section="train"))
+    evaluation = build(EvalConfig, load_toml(root / "recipes" / "code.toml", section="eval"))
+    assert train.task == evaluation.task == "runs/code_data/code.jsonl" and train.prompt_format == "chat"
+    assert "{prompt}" in train.template and "```python" in train.template
+    path = write_code(tmp_path)[0]
+    for grader in ("code_grader.toml", "code_prompt_grader.toml"):
+        task = build_task(str(path), grader=str(root / "recipes" / grader), template=train.template)
+        assert task.examples("test", 3)
