@@ -1,0 +1,246 @@
+"""The invoice task: generator (determinism, layout split, arithmetic, coverage), its grader,
+the `make-data` verb, and a pipeline that generates its own data."""
+
+import json
+import random
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pytest
+
+from ponder.cli import main as cli
+from ponder.core.config import ConfigError
+from ponder.tasks import invoices as inv
+from ponder.tasks.chat import ChatTask
+from ponder.tasks.jsonl import JsonlTask
+from ponder.tasks.spec import TemplatedTask
+from ponder.verifiers.probe import probe_task
+
+REPO = Path(__file__).resolve().parent.parent
+GRADER = REPO / "recipes" / "invoice_grader.toml"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("invoices")
+    inv.write_invoices(out, train=120, test=60, seed=3)
+    return out
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# -- generator --------------------------------------------------------------------------------------
+def test_examples_are_a_pure_function_of_seed_split_and_index(tmp_path):
+    assert inv.example(1, "train", 7) == inv.example(1, "train", 7)
+    assert inv.example(1, "train", 7)["prompt"] != inv.example(2, "train", 7)["prompt"]
+    inv.write_invoices(tmp_path / "a", 30, 12, seed=5)
+    inv.write_invoices(tmp_path / "b", 30, 12, seed=5)
+    for name in ("train.jsonl", "test.jsonl", "all.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_split_by_layout_and_no_shared_document(data):
+    train, test = rows(data / "train.jsonl"), rows(data / "test.jsonl")
+    assert {r["layout"] for r in train} == set(inv.TRAIN_LAYOUTS)
+    assert {r["layout"] for r in test} == set(inv.HELD_OUT_LAYOUTS)
+    assert not set(inv.TRAIN_LAYOUTS) & set(inv.HELD_OUT_LAYOUTS)
+    assert {r["layout_group"] for r in test} == {"held_out"} and {r["layout_group"] for r in train} == {"seen"}
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    assert len({r["prompt"] for r in train}) == len(train)
+    # the task file keeps the split: training draws only seen layouts, evaluation only held-out ones
+    task = JsonlTask(data / "all.jsonl", str(GRADER))
+    assert {ex.info["layout"] for ex in task.examples("train", 500)} == set(inv.TRAIN_LAYOUTS)
+    assert {ex.info["layout"] for ex in task.examples("test", 500)} == set(inv.HELD_OUT_LAYOUTS)
+
+
+def test_every_layout_number_format_and_amount_kind_is_rendered(data):
+    both = rows(data / "all.jsonl")
+    assert {r["layout"] for r in both} == set(inv.LAYOUTS)
+    for split in ("train", "test"):
+        mine = [r for r in both if r["split"] == split]
+        assert {r["number_format"] for r in mine} == set(inv.NUMBER_FORMATS)
+        assert {r["amounts"] for r in mine} == {"printed", "computed"}
+    currencies = {r["answer"]["currency"] for r in both}
+    assert {"USD", "EUR", "GBP"} <= currencies and all(len(c) == 3 for c in currencies)
+
+
+def test_gold_matches_the_schema_and_the_document(data):
+    import jsonschema
+
+    for r in rows(data / "all.jsonl"):
+        jsonschema.validate(r["answer"], inv.SCHEMA)
+        gold = r["answer"]
+        assert gold["invoice_number"] in r["prompt"]
+        assert gold["vendor"].casefold() in r["prompt"].casefold()
+        if r["amounts"] == "printed":  # a printed total appears in the document's own number format
+            assert inv.format_number(Decimal(str(gold["total"])), r["number_format"]) in r["prompt"]
+
+
+def test_amounts_add_up_to_the_cent_and_hidden_ones_are_not_printed():
+    rng = random.Random(0)
+    hidden_total = 0
+    for i in range(400):
+        layout = inv.LAYOUTS[i % len(inv.LAYOUTS)]
+        x = inv.make_invoice(rng, layout, computed_share=0.5)
+        assert x.subtotal == sum(it.amount for it in x.items)
+        assert x.subtotal + x.tax == x.total
+        assert x.tax == (x.subtotal * x.tax_rate / 100).quantize(inv.CENT, ROUND_HALF_UP)
+        assert all(it.amount == (it.qty * it.unit).quantize(inv.CENT, ROUND_HALF_UP) for it in x.items)
+        g = x.gold()
+        assert round(g["subtotal"] + g["tax"], 2) == g["total"]
+        if x.hidden:
+            assert x.tax_rate > 0  # else nothing is left to compute
+        if "total" in x.hidden and layout in ("letterhead", "keyvalue", "table", "erp", "letter", "email") \
+                and not x.previous_balance:
+            hidden_total += 1
+            assert inv.format_number(x.total, x.number_format) not in inv.RENDER[layout](x, random.Random(i))
+    assert hidden_total > 10
+
+
+def test_number_formats():
+    x = Decimal("1234.5")
+    assert [inv.format_number(x, f) for f in inv.NUMBER_FORMATS] == ["1,234.50", "1.234,50", "1 234,50"]
+    with pytest.raises(ConfigError, match="'xx'.*us, eu, space"):
+        inv.format_number(x, "xx")
+    with pytest.raises(ConfigError, match="layout 'fax' is not valid"):
+        inv.make_invoice(random.Random(0), "fax")
+
+
+# -- grader -----------------------------------------------------------------------------------------
+class ChatTok:
+    """A tokenizer with a chat template, enough for ChatTask (no model needed)."""
+    chat_template = "x"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+@pytest.fixture(scope="module")
+def task(data):
+    """The task as a recipe builds it: file + grader + template, in chat format."""
+    return ChatTask(TemplatedTask(JsonlTask(data / "all.jsonl", str(GRADER)), "Extract.\n\n{prompt}"), ChatTok())
+
+
+def gold_of(ex) -> dict:
+    return json.loads(ex.answer)
+
+
+def test_grader_exact_match_and_field_scores(task):
+    ex = task.examples("test", 1)[0]
+    gold = gold_of(ex)
+
+    def score(obj, wrap=lambda s: s):
+        v = task.verify(wrap(json.dumps(obj)), ex)
+        return v.status, round(v.score, 4)
+
+    assert score(gold) == ("correct", 1.0)  # a bare JSON answer, no think tags (an instruct model)
+    assert score(gold, lambda s: f"<think>the vendor is on top</think>\n{s}") == ("correct", 1.0)
+    assert score(gold, lambda s: f"```json\n{s}\n```") == ("correct", 1.0)
+    loose = {**gold, "vendor": "  " + gold["vendor"].upper().replace(" ", "   ") + " ",
+             "currency": gold["currency"].lower(), "total": gold["total"] + 0.004}
+    assert score(loose) == ("correct", 1.0)  # whitespace, case, and under half a cent
+    assert score({**gold, "total": round(gold["total"] + 0.01, 2)}) == ("wrong", round(6 / 7, 4))
+    assert score({**gold, "tax": gold["tax"] + 1, "date": "1999-01-01"}) == ("wrong", round(5 / 7, 4))
+    # schema violations score nothing: a missing or extra key, a number as text, a bad date
+    assert score({k: v for k, v in gold.items() if k != "tax"}) == ("wrong", 0.0)
+    assert score({**gold, "customer": "x"}) == ("wrong", 0.0)
+    assert score({**gold, "total": str(gold["total"])}) == ("wrong", 0.0)
+    assert score({**gold, "date": "01.02.2023"}) == ("wrong", 0.0)
+    assert score([gold]) == ("wrong", 0.0)
+    assert task.verify(f"Here it is: {json.dumps(gold)}", ex).score == 0.0  # the answer must be the JSON
+
+
+def test_grader_schema_is_the_generators_schema():
+    from ponder.core.config import load_toml
+
+    assert load_toml(GRADER)["grader"]["schema"] == inv.SCHEMA
+
+
+def test_probes_never_score(task):
+    results = probe_task(task, n=3, split="test")
+    assert results and not [(r.probe, r.verdict) for r in results if r.verdict.score > 0]
+    ex = task.examples("test", 1)[0]
+    for copy in (ex.info["document"], ex.prompt, "", "{}", "null"):
+        assert task.verify(copy, ex).score == 0.0
+
+
+# -- verb and pipeline --------------------------------------------------------------------------------
+def test_make_data_verb(tmp_path, capsys):
+    assert cli(["make-data", "invoices", "--out", str(tmp_path), "--train", "9", "--test", "6", "--seed", "2"]) == 0
+    assert "wrote 9 train and 6 test lines" in capsys.readouterr().out
+    assert len(rows(tmp_path / "all.jsonl")) == 15
+    assert cli(["make-data", "receipts", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'receipts'" in err and "invoices" in err and len(err.strip().splitlines()) == 1
+
+
+PIPELINE = """
+[task]
+data = "@data"
+grader = "invoice_grader.toml"
+format = "raw"
+template = "Extract as JSON.\\n{prompt}"
+
+[pipeline]
+eval_problems = 3
+max_new_tokens = 4
+threads = 1
+progress = false
+
+[[stage]]
+name = "data"
+kind = "data"
+train = 12
+test = 6
+
+[[stage]]
+name = "base"
+kind = "eval"
+model = "tiny"
+samples = 1
+
+[[stage]]
+name = "sft"
+kind = "sft"
+model = "tiny"
+gold = 4
+epochs = 1
+batch_size = 2
+tensorboard = false
+"""
+
+
+@pytest.mark.slow
+def test_a_pipeline_generates_its_data_and_trains_on_it(tmp_path):
+    from ponder.stages.pipeline import run_pipeline
+
+    (tmp_path / "invoice_grader.toml").write_text(GRADER.read_text())  # found beside the recipe
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(PIPELINE)
+    out = tmp_path / "run"
+    assert run_pipeline(recipe, out) == {"data": "ran", "base": "ran", "sft": "ran"}
+    assert rows(out / "data" / "all.jsonl")[0]["split"] == "test"
+    m = json.loads((out / "sft" / "manifest.json").read_text())
+    assert m["inputs"]["task"] == {"path": str(out / "data" / "all.jsonl"),
+                                   "sha256": json.loads((out / "data" / "manifest.json").read_text())
+                                   ["outputs"][2]["sha256"]}
+    summary = json.loads((out / "summary.json").read_text())
+    by = {r["stage"]: r for r in summary["stages"]}
+    assert by["base"]["accuracy"] == 0.0 and by["base"]["accuracy_ci"][0] == 0.0
+    assert set(by["sft"]["by_info"]["layout"]) <= set(inv.HELD_OUT_LAYOUTS)
+    assert all(r["minutes"] is not None and r["cpu_minutes"] is not None for r in by.values())
+    assert run_pipeline(recipe, out) == {"data": "skipped", "base": "skipped", "sft": "skipped"}
+    # new data makes every stage that reads it stale
+    recipe.write_text(PIPELINE.replace("train = 12", "train = 13"))
+    assert run_pipeline(recipe, out) == {"data": "ran", "base": "ran", "sft": "ran"}
+
+
+def test_a_task_reference_must_name_an_earlier_data_stage(tmp_path):
+    from ponder.stages.pipeline import run_pipeline
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(PIPELINE.replace('data = "@data"', 'data = "@base"'))
+    with pytest.raises(ConfigError, match=r"task '@base' must name an earlier data stage; valid: @data"):
+        run_pipeline(recipe, tmp_path / "run")
