@@ -365,3 +365,24 @@ def test_sampling_params_keep_room_for_the_answer():
     assert p.thinking_budget == 12 - 3 - 2 and p.answer_reserve == 3  # clipped to what fits
     assert sampling_params(None, 12, 1.0, 1.0, (), "max_tokens").thinking_budget is None
     assert isinstance(p, SamplingParams)
+
+
+def test_stream_split_never_takes_back_what_it_sent():
+    """Text tags and stop strings arrive in pieces: nothing that may turn out to be one is sent early."""
+    from ponder.serve.reasoning import StreamSplit
+    text = "<think>a</thi b</think>\n\n42 ST"
+    for stops, want in (((), ("a</thi b", "42 ST")), (("ST",), ("a</thi b", "42 "))):
+        split, sent_r, sent_c = StreamSplit(False, stops), "", ""
+        for k in range(1, len(text) + 1):
+            final = k == len(text)
+            dr, dc = split.feed(text[:k], final=final, stopped=final and bool(stops))
+            sent_r, sent_c = sent_r + dr, sent_c + dc
+            assert (sent_r, sent_c) == (split.thinking, split.answer)  # each delta extends what was sent
+            pending = ("</think>",) + stops  # what sent text must not end with a piece of, until it is decided
+            assert final or not any(x.endswith(p[:j]) for x in (sent_r, sent_c) for p in pending
+                                    for j in range(1, len(p)))
+        assert (sent_r, sent_c) == want
+    opened = StreamSplit(True, ())  # the prompt opened <think>: the completion starts inside it
+    assert opened.feed("x</think>y", final=True) == ("x", "y")
+    assert split_completion("no thinking here", False, True).answer == "no thinking here"
+    assert split_completion("<think>t</think>   ", False, True).answer == "   "  # never empty if it was not
