@@ -386,3 +386,25 @@ def test_stream_split_never_takes_back_what_it_sent():
     assert opened.feed("x</think>y", final=True) == ("x", "y")
     assert split_completion("no thinking here", False, True).answer == "no thinking here"
     assert split_completion("<think>t</think>   ", False, True).answer == "   "  # never empty if it was not
+
+
+def test_a_waiting_non_streaming_request_is_dropped_when_its_client_leaves(monkeypatch):
+    import ponder.serve.service as service_mod
+    monkeypatch.setattr(service_mod, "DISCONNECT_POLL_S", 0.005)
+    with RunningServer(ServeConfig()) as s:
+        svc = s.service
+
+        async def run():
+            plan = svc.plan([("user", Q)], -1, 200, "max_tokens", 2.0, 1.0, (), 8, 0, None)
+            svc.submit(plan)
+
+            async def gone():
+                return True
+            return await svc.results(plan, gone)
+        assert asyncio.run(run()) == []
+        for _ in range(250):
+            if svc.worker.stats()["dropped_requests"] == 1:
+                break
+            asyncio.run(asyncio.sleep(0.02))
+        assert svc.worker.stats() | {"steps": 0} == {"running_requests": 0, "queued_requests": 0, "steps": 0,
+                                                     "dropped_requests": 1}
