@@ -212,16 +212,41 @@ tensorboard = false
 """
 
 
+def byte_level_llama(folder: Path) -> str:
+    """A 2-layer Llama with a small byte-level BPE tokenizer: it can encode any invoice text
+    (the built-in tiny base only knows arithmetic tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([inv.example(0, "train", i)["prompt"] for i in range(6)], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id)
+    import torch
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.mark.slow
 def test_a_pipeline_generates_its_data_and_trains_on_it(tmp_path):
     from ponder.stages.pipeline import run_pipeline
 
     (tmp_path / "invoice_grader.toml").write_text(GRADER.read_text())  # found beside the recipe
     recipe = tmp_path / "r.toml"
-    recipe.write_text(PIPELINE)
+    model = byte_level_llama(tmp_path / "llama")
+    PIPELINE_ = PIPELINE.replace('"tiny"', json.dumps(model))
+    recipe.write_text(PIPELINE_)
     out = tmp_path / "run"
     assert run_pipeline(recipe, out) == {"data": "ran", "base": "ran", "sft": "ran"}
-    assert rows(out / "data" / "all.jsonl")[0]["split"] == "test"
+    assert {r["split"] for r in rows(out / "data" / "all.jsonl")} == {"train", "test"}
     m = json.loads((out / "sft" / "manifest.json").read_text())
     assert m["inputs"]["task"] == {"path": str(out / "data" / "all.jsonl"),
                                    "sha256": json.loads((out / "data" / "manifest.json").read_text())
@@ -233,7 +258,7 @@ def test_a_pipeline_generates_its_data_and_trains_on_it(tmp_path):
     assert all(r["minutes"] is not None and r["cpu_minutes"] is not None for r in by.values())
     assert run_pipeline(recipe, out) == {"data": "skipped", "base": "skipped", "sft": "skipped"}
     # new data makes every stage that reads it stale
-    recipe.write_text(PIPELINE.replace("train = 12", "train = 13"))
+    recipe.write_text(PIPELINE_.replace("train = 12", "train = 13"))
     assert run_pipeline(recipe, out) == {"data": "ran", "base": "ran", "sft": "ran"}
 
 
