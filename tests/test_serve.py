@@ -408,3 +408,52 @@ def test_a_waiting_non_streaming_request_is_dropped_when_its_client_leaves(monke
             asyncio.run(asyncio.sleep(0.02))
         assert svc.worker.stats() | {"steps": 0} == {"running_requests": 0, "queued_requests": 0, "steps": 0,
                                                      "dropped_requests": 1}
+
+
+# -- Gemini ------------------------------------------------------------------------------
+
+def gemini(server, body, stream=False, model="tiny"):
+    verb = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    return httpx.post(f"{server.url}/v1beta/models/{model}:{verb}", headers={"x-goog-api-key": KEY}, json=body,
+                      timeout=60)
+
+
+def test_gemini_generate_content_thoughts_budget_and_stream(server):
+    body = {"contents": [{"role": "user", "parts": [{"text": Q}]}],
+            "generationConfig": {"candidateCount": 8, "seed": 0, "maxOutputTokens": 96,
+                                 "thinkingConfig": {"thinkingBudget": 8, "includeThoughts": True}}}
+    r = gemini(server, body).json()
+    cands, usage = r["candidates"], r["usageMetadata"]
+    thoughts = [c["content"]["parts"][0]["text"] for c in cands if c["content"]["parts"][0].get("thought")]
+    assert len(cands) == 8 and thoughts and all(c["content"]["parts"][-1]["text"] for c in cands)
+    assert max(n_tokens(t) for t in thoughts) <= 8 and usage["thoughtsTokenCount"] == sum(map(n_tokens, thoughts))
+    assert usage["totalTokenCount"] == usage["promptTokenCount"] + usage["candidatesTokenCount"] + \
+        usage["thoughtsTokenCount"]
+    hidden = gemini(server, {**body, "generationConfig": {**body["generationConfig"], "thinkingConfig": {
+        "thinkingBudget": 8}}}).json()  # includeThoughts defaults to false: counted, not returned
+    assert not any(p.get("thought") for c in hidden["candidates"] for p in c["content"]["parts"])
+    assert hidden["usageMetadata"]["thoughtsTokenCount"] == usage["thoughtsTokenCount"]
+    off = gemini(server, {**body, "generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}).json()
+    assert off["usageMetadata"]["thoughtsTokenCount"] == 0
+    events = [json.loads(x[6:]) for x in gemini(server, body, stream=True).text.split("\n\n") if x.strip()]
+    got = {}
+    for e in events:
+        for c in e["candidates"]:
+            for p in c["content"]["parts"]:
+                kind = "thought" if p.get("thought") else "text"
+                got.setdefault(c["index"], {}).setdefault(kind, "")
+                assert not (kind == "thought" and "text" in got[c["index"]])  # thoughts come first
+                got[c["index"]][kind] += p["text"]
+    assert events[-1]["usageMetadata"] == usage
+    assert [got[j].get("text") for j in range(8)] == [c["content"]["parts"][-1]["text"] for c in cands]
+
+
+def test_gemini_bad_requests(server):
+    r = gemini(server, {"contents": [{"parts": [{"text": Q}]}]}, model="gemini-9")
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert "valid models: tiny" in r.json()["error"]["message"]
+    r = gemini(server, {"contents": [{"parts": [{"text": Q}]}],
+                        "generationConfig": {"thinkingConfig": {"thinkingBudget": -5}}})
+    assert r.status_code == 400 and "thinkingBudget" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.url}/v1beta/models/tiny:generateContent", json={"contents": []})
+    assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"

@@ -1,8 +1,8 @@
-"""`ponder serve`: OpenAI- and Anthropic-compatible HTTP serving with continuous batching.
+"""`ponder serve`: OpenAI-, Anthropic- and Gemini-compatible HTTP serving with continuous batching.
 
 Layers: `schemas` (request bodies), `reasoning` (budgets, thinking/answer split,
 summaries), `worker` (the thread that steps the engine's running batch),
-`service` (prompts, limits, jobs), `openai_api` / `anthropic_api` (routes),
+`service` (prompts, limits, jobs), `openai_api` / `anthropic_api` / `gemini_api` (routes),
 `app` (the FastAPI app, key check, body cap, errors, `main`), `static/` (chat page).
 The engine (`ponder.engine.engine`) knows nothing of HTTP.
 """

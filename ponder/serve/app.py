@@ -3,14 +3,15 @@
     ponder serve tiny --port 8000 [--api-key KEY] [--max-batch 64] [--reasoning visible|hidden|summary]
 
 Routes: `POST /v1/chat/completions`, `GET /v1/models` (OpenAI), `POST /v1/messages`
-(Anthropic), `GET /health`, and a chat page at `/`. Requests are decoded together
+(Anthropic), `POST /v1beta/models/MODEL:generateContent` and `:streamGenerateContent`
+(Gemini), `GET /health`, and a chat page at `/`. Requests are decoded together
 by continuous batching (`ponder.serve.worker`) on the step-wise engine.
 
 Safety: 127.0.0.1 by default; with an API key (`--api-key` or $PONDER_API_KEY) every
-route but /health and the static page needs it, as `Authorization: Bearer KEY` or
-`x-api-key: KEY` (the page holds no data; it asks for the key and sends it); request
-bodies are capped (`--max-body`, 413 beyond); a bad request gets 400 with a message
-naming the field and its valid values, never a 500.
+route but /health and the static page needs it, as `Authorization: Bearer KEY`,
+`x-api-key: KEY` or `x-goog-api-key: KEY` (the page holds no data; it asks for the
+key and sends it); request bodies are capped (`--max-body`, 413 beyond); a bad
+request gets 400 with a message naming the field and its valid values, never a 500.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def error_body(path: str, status: int, message: str, param: str | None = None, k
                     429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500 else "api_error")
     if path.startswith("/v1/messages"):
         return {"type": "error", "error": {"type": kind, "message": message}}
+    if path.startswith("/v1beta/"):  # Gemini
+        status_name = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 413: "INVALID_ARGUMENT",
+                       429: "RESOURCE_EXHAUSTED"}.get(status, "INTERNAL")
+        return {"error": {"code": status, "message": message, "status": status_name}}
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
@@ -74,8 +79,8 @@ class Guard:
             return await self.app(scope, receive, send)
         path, headers = scope["path"], dict(scope["headers"])
         if self.key and path not in OPEN_PATHS and not self._authorized(headers):
-            return await _error(path, 401, "missing or wrong API key; send Authorization: Bearer KEY "
-                                           "or x-api-key: KEY")(scope, receive, send)
+            return await _error(path, 401, "missing or wrong API key; send Authorization: Bearer KEY, "
+                                           "x-api-key: KEY or x-goog-api-key: KEY")(scope, receive, send)
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             return await self._too_large(scope, receive, send)
@@ -99,7 +104,7 @@ class Guard:
         return await self.app(scope, replay, send)
 
     def _authorized(self, headers: dict) -> bool:
-        given = headers.get(b"x-api-key", b"").decode("latin-1")
+        given = (headers.get(b"x-api-key") or headers.get(b"x-goog-api-key") or b"").decode("latin-1")
         auth = headers.get(b"authorization", b"").decode("latin-1")
         if auth.lower().startswith("bearer "):
             given = given or auth[7:].strip()
@@ -111,11 +116,12 @@ class Guard:
 
 
 def create_app(service: Service, api_key: str = "") -> FastAPI:
-    from ponder.serve import anthropic_api, openai_api
+    from ponder.serve import anthropic_api, gemini_api, openai_api
     app = FastAPI(title="ponder serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.include_router(openai_api.router)
     app.include_router(anthropic_api.router)
+    app.include_router(gemini_api.router)
 
     @app.get("/health")
     def health() -> dict:

@@ -98,3 +98,35 @@ def stops_of(stop) -> tuple[str, ...]:
         return ()
     items = [stop] if isinstance(stop, str) else list(stop)
     return tuple(s for s in items if s)
+
+
+class GeminiPart(_Strict):
+    text: str = ""
+    thought: bool | None = None
+
+
+class GeminiContent(_Strict):
+    role: Literal["user", "model"] | None = None
+    parts: list[GeminiPart] = Field(min_length=1)
+
+
+class ThinkingConfig(_Strict):
+    thinkingBudget: int | None = Field(None, ge=-1)  # 0 off, N cap, -1 dynamic (the default)
+    includeThoughts: bool = False  # Gemini returns no thoughts unless asked; they are counted either way
+
+
+class GenerationConfig(_Strict):
+    maxOutputTokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    topP: float = Field(1.0, gt=0, le=1)
+    stopSequences: list[str] | None = Field(None, max_length=5)
+    candidateCount: int = Field(1, ge=1, le=8)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    thinkingConfig: ThinkingConfig | None = None
+
+
+class GenerateContentRequest(_Strict):
+    """Gemini generateContent."""
+    contents: list[GeminiContent] = Field(min_length=1)
+    systemInstruction: GeminiContent | None = None
+    generationConfig: GenerationConfig | None = None
