@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ponder.core import config as C
+from ponder.models.value_head import ValueHead  # noqa: F401 (part of this module's API)
 from ponder.rl.rollout import rollout
 from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import RunFields, ConfigError, check_choices, option
@@ -95,19 +96,6 @@ def _seed(*parts) -> int:
 
 
 # -- the head --------------------------------------------------------------------------------------
-class ValueHead(torch.nn.Module):
-    """(N, D) features -> (N,) logits of "a continuation from here is correct"."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std).squeeze(-1)
-
-
 def feature_layers(model) -> list[int]:
     """Hidden-state indices the head reads: the middle and the last layer's output."""
     n = model.config.num_hidden_layers

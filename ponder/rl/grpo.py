@@ -129,7 +129,7 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.T
     """Per-token PPO/GRPO surrogate loss and clip indicator, both (B, T).
 
     logp, old_logp: (B, T) log-probs of the sampled tokens under the current
-    and the sampling policy; adv: (B,) one advantage per sequence.
+    and the sampling policy; adv: (B,) one advantage per sequence, or (B, T) one per token.
     Loss is -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A) with r = exp(logp - old_logp);
     eps_high > eps_low is DAPO's clip-higher.
 
@@ -138,7 +138,7 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.T
     (-2.0, False)
     """
     ratio = torch.exp(logp - old_logp)
-    a = adv[:, None]
+    a = adv if adv.dim() == 2 else adv[:, None]  # (B, T) per-token advantages (PPO/GAE) or (B,) per sequence
     unclipped = ratio * a
     clipped_ratio = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
     surrogate = torch.minimum(unclipped, clipped_ratio * a)

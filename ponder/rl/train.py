@@ -18,7 +18,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import contextlib
@@ -40,6 +40,8 @@ from ponder.models.model import load_model, load_tokenizer, save_model
 from ponder.core.loop import TrainingLoop
 from ponder.core.think import format_score
 from ponder.tasks.base import Example, Task
+from ponder.models.value_head import ValueHead
+from ponder.rl.ppo import clipped_value_loss, entropy_coef_update, gae, token_rewards, whiten
 from ponder.rl.rollout import Group, rollout, verdict_score
 
 
@@ -68,7 +70,19 @@ class RLConfig(RunFields, TaskFields):
     warmup: int = option(10, "linear warm-up steps")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "max gradient norm")
-    advantage: str = option("grpo", "advantage estimator", choices=tuple(ADVANTAGES))
+    advantage: str = option("grpo", "advantage estimator: group-relative (grpo, rloo) or PPO's per-token GAE "
+                            "with a value head on the policy (gae)", choices=(*ADVANTAGES, "gae"))
+    gae_gamma: float = option(1.0, "GAE discount (gae only; Open-Reasoner-Zero: 1)")
+    gae_lambda: float = option(1.0, "GAE lambda (gae only; Open-Reasoner-Zero: 1)")
+    value_coef: float = option(0.5, "weight of the value loss (gae only)")
+    value_clip: float = option(0.2, "clip range of the value update around the old values (gae only)")
+    value_hidden: int = option(64, "hidden width of the value head's MLP (gae only)")
+    whiten_advantages: bool = option(True, "normalise GAE advantages over the batch's tokens (gae only)")
+    entropy_target: float = option(0.0, "adaptive entropy control (Skywork-OR1): an entropy bonus whose weight "
+                                   "rises while the mean token entropy is below this target and falls above it; "
+                                   "0 = off")
+    entropy_coef_step: float = option(0.005, "change of the entropy bonus weight per step")
+    entropy_coef_max: float = option(0.05, "largest entropy bonus weight")
     scale_rewards: bool = option(True, "divide by the group std (False = Dr. GRPO)")
     loss_agg: str = option("token", "loss aggregation: token-level (DAPO) or per-sequence (GRPO)",
                            choices=tuple(AGGREGATIONS))
@@ -116,6 +130,14 @@ class RLConfig(RunFields, TaskFields):
             raise ConfigError(f"group_size must be >= 2 for group-relative advantages, got {self.group_size}")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
             raise ConfigError(f"clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if not (0 <= self.gae_gamma <= 1 and 0 <= self.gae_lambda <= 1) or self.value_clip <= 0 \
+                or self.value_coef < 0 or self.value_hidden < 1:
+            raise ConfigError(f"need gae_gamma, gae_lambda in [0, 1], value_clip > 0, value_coef >= 0, "
+                              f"value_hidden >= 1; got {self.gae_gamma}, {self.gae_lambda}, {self.value_clip}, "
+                              f"{self.value_coef}, {self.value_hidden}")
+        if min(self.entropy_target, self.entropy_coef_step, self.entropy_coef_max) < 0:
+            raise ConfigError(f"entropy_target, entropy_coef_step and entropy_coef_max must be >= 0; got "
+                              f"{self.entropy_target}, {self.entropy_coef_step}, {self.entropy_coef_max}")
         if self.lr <= 0 or self.kl_coef < 0 or self.format_weight < 0 or self.length_weight < 0:
             raise ConfigError(f"lr must be > 0, kl_coef, format_weight and length_weight >= 0; got {self.lr}, "
                               f"{self.kl_coef}, {self.format_weight}, {self.length_weight}")
@@ -211,25 +233,33 @@ def body_and_head(model):
     return (plain.model, plain.lm_head) if supports(plain) else None
 
 
-def completion_logprobs(model, ids, attn, comp):
-    """Log-probs of the next tokens and the entropy at each completion position, both (B, L-1)
-    with zeros elsewhere; one log-softmax serves both."""
+def completion_logprobs(model, ids, attn, comp, value_head=None, entropy_grad: bool = False):
+    """Log-probs of the next tokens, the entropy and (with `value_head`) the value at each
+    completion position, each (B, L-1) with zeros elsewhere; one log-softmax serves log-probs
+    and entropy, one hidden state serves the LM head and the value head. The entropy carries
+    a gradient only when `entropy_grad` (an entropy bonus trains on it)."""
     targets = ids[:, 1:]
     sel = comp.bool()  # (B, L-1)
     parts = body_and_head(model)
+    values = None
     if parts is None:
+        if value_head is not None:
+            raise ConfigError("advantage = 'gae' needs a Llama-family model (the value head reads its hidden state)")
         logits = policy_logits(model, ids, attn)[sel]  # (N, V)
     else:
         body, head = parts
         hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]  # (B, L-1, D)
         logits = head(hidden[sel])  # (N, V)
+        if value_head is not None:
+            v = value_head(hidden[sel].float())  # (N,)
+            values = torch.zeros(sel.shape, dtype=v.dtype).masked_scatter(sel, v)
     logp_all = torch.log_softmax(logits.float(), dim=-1)
     logp_sel = logp_all.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1)  # (N,)
     logp = torch.zeros(sel.shape, dtype=logp_sel.dtype).masked_scatter(sel, logp_sel)
-    with torch.no_grad():
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         ent = -(logp_all.exp() * logp_all).sum(-1)
         entropy = torch.zeros(sel.shape, dtype=ent.dtype).masked_scatter(sel, ent)
-    return logp, entropy
+    return logp, entropy, values
 
 
 def row_chunks(rows: torch.Tensor, lengths: torch.Tensor, micro_batch: int, max_tokens: int = 0) -> list[torch.Tensor]:
@@ -287,12 +317,13 @@ def chunked_logprobs(model, batch: "RLBatch", micro_batch: int, precision: str, 
     for rows in row_chunks(torch.arange(B), batch.attn.sum(1), micro_batch, max_tokens):
         ids, attn, comp = trimmed(batch, rows)
         with autocast(precision):
-            logp, _ = completion_logprobs(model, ids, attn, comp)
+            logp, _, _ = completion_logprobs(model, ids, attn, comp)
         out[rows, : logp.size(1)] = logp
     return out
 
 
-def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggregate) -> dict:
+def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggregate, value_head=None,
+                  entropy_coef: float = 0.0) -> dict:
     """Steps 5-7: clipped surrogate (+ optional KL), aggregated, for `epochs` x `minibatches`.
 
     Each minibatch is one optimizer step; its forward/backward runs in chunks of at
@@ -308,22 +339,29 @@ def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggreg
     ref_logp = (chunked_logprobs(ref_model, batch, cfg.micro_batch, cfg.precision, max_tokens)
                 if ref_model is not None else None)
     weight = CHUNK_WEIGHTS[cfg.loss_agg]
-    params = lora.trainable_parameters(model)
-    stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0}
+    params = list(lora.trainable_parameters(model)) + (list(value_head.parameters()) if value_head else [])
+    stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0, "value_loss": 0.0}
     n_updates = 0
     for _ in range(cfg.epochs):
         for mb in torch.arange(B).chunk(cfg.minibatches):
             opt.zero_grad(set_to_none=True)
             mask_mb = comp[mb]
             denom = mask_mb.sum().clamp_min(1).item()
-            sums = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0}
+            sums = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "value_loss": 0.0}
             for rows in row_chunks(mb, lengths, cfg.micro_batch, max_tokens):
                 ids, attn, mask = trimmed(batch, rows)
                 T = mask.size(1)
                 with autocast(cfg.precision):
-                    logp, entropy = completion_logprobs(model, ids, attn, mask)
+                    logp, entropy, values = completion_logprobs(model, ids, attn, mask, value_head, entropy_coef > 0)
                 old = old_logp[rows, :T] if old_logp is not None else logp.detach()
-                per_tok, clipped = clipped_policy_loss(logp, old, adv[rows], cfg.clip_low, cfg.clip_high)
+                a = adv[rows] if adv.dim() == 1 else adv[rows, :T]
+                per_tok, clipped = clipped_policy_loss(logp, old, a, cfg.clip_low, cfg.clip_high)
+                if values is not None:  # PPO's critic, trained on the same tokens
+                    vl = clipped_value_loss(values, batch.old_values[rows, :T], batch.returns[rows, :T], cfg.value_clip)
+                    per_tok = per_tok + cfg.value_coef * vl
+                    sums["value_loss"] += (vl.detach() * mask).sum().item()
+                if entropy_coef > 0:
+                    per_tok = per_tok - entropy_coef * entropy
                 kl = kl_k3(logp, ref_logp[rows, :T]) if ref_logp is not None else None
                 if kl is not None and cfg.kl_coef > 0:
                     per_tok = per_tok + cfg.kl_coef * kl
@@ -341,11 +379,14 @@ def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggreg
                 raise FloatingPointError("non-finite gradient norm")
             opt.step()
             stats["loss"] += sums["loss"]
-            for k in ("clip_frac", "entropy", "kl"):
+            for k in ("clip_frac", "entropy", "kl", "value_loss"):
                 stats[k] += sums[k] / denom
             stats["grad_norm"] += gn.item()
             n_updates += 1
-    return {k: v / n_updates for k, v in stats.items()}
+    out = {k: v / n_updates for k, v in stats.items()}
+    if value_head is None:
+        out.pop("value_loss")
+    return out
 
 
 @dataclass(frozen=True)
@@ -354,16 +395,38 @@ class RLBatch:
     ids: torch.Tensor  # (B, L) prompt + completion, right-padded
     attn: torch.Tensor  # (B, L)
     comp: torch.Tensor  # (B, L-1) 1 where the next token is a completion token of a valid row
-    adv: torch.Tensor  # (B,) one advantage per sequence
+    adv: torch.Tensor  # (B,) one advantage per sequence, or (B, L-1) per token (GAE)
+    rewards: torch.Tensor | None = None  # (B,) sequence rewards (0 where invalid)
+    returns: torch.Tensor | None = None  # (B, L-1) value targets (GAE)
+    old_values: torch.Tensor | None = None  # (B, L-1) the value head before the update (GAE)
 
 
 def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
     samples = [s for g in rolled.groups for s in g.samples]
-    adv = advantage_fn(torch.stack(rolled.rewards)).reshape(-1)  # (P, G) -> (B,)
+    rewards = torch.stack(rolled.rewards)  # (P, G)
+    adv = advantage_fn(rewards).reshape(-1) if advantage_fn is not None else torch.zeros(rewards.numel())
     ids, attn, comp = pack(samples, pad_id)
     invalid = torch.tensor([not ok for g in rolled.groups for ok in g.valid])
     comp[invalid] = 0.0  # a verifier failure teaches nothing: masked out of the loss
-    return RLBatch(ids, attn, comp, adv)
+    return RLBatch(ids, attn, comp, adv, rewards=torch.nan_to_num(rewards.reshape(-1), nan=0.0))
+
+
+@torch.no_grad()
+def with_gae(model, value_head, batch: RLBatch, cfg: RLConfig) -> RLBatch:
+    """`batch` with per-token GAE advantages, value targets and the old values (PPO)."""
+    B, L = batch.ids.shape
+    old_values = torch.zeros((B, L - 1))
+    max_tokens = chunk_tokens(model, cfg.micro_batch_tokens)
+    for rows in row_chunks(torch.arange(B), batch.attn.sum(1), cfg.micro_batch, max_tokens):
+        ids, attn, comp = trimmed(batch, rows)
+        with autocast(cfg.precision):
+            _, _, v = completion_logprobs(model, ids, attn, comp, value_head)
+        old_values[rows, : v.size(1)] = v.float()
+    mask = batch.comp
+    adv, returns = gae(token_rewards(batch.rewards, mask), old_values * mask, mask, cfg.gae_gamma, cfg.gae_lambda)
+    if cfg.whiten_advantages:
+        adv = whiten(adv, mask)
+    return replace(batch, adv=adv, returns=returns, old_values=old_values * mask)
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -387,24 +450,46 @@ def _policy(cfg: RLConfig, checkpoint: Path | None = None):
     return model
 
 
-def _optimizer(model, cfg: RLConfig):
-    return torch.optim.AdamW(lora.trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             betas=(0.9, 0.99))
+@dataclass
+class Learner:
+    """What the update changes, and so what a checkpoint holds to resume it exactly."""
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    value_head: ValueHead | None = None  # PPO's critic (advantage = "gae")
+    entropy_coef: float = 0.0  # the adaptive entropy bonus's current weight
+
+    def state(self, cfg: RLConfig) -> dict:
+        out = {"optimizer": self.opt.state_dict(), "config": asdict(cfg), "entropy_coef": self.entropy_coef}
+        if self.value_head is not None:
+            out["value_head"] = self.value_head.state_dict()
+        return out
 
 
-def setup(cfg: RLConfig, resume: bool, log_prefix: str = ""):
-    """(model, optimizer, tokenizer, first step): fresh, or restored from the newest good checkpoint."""
+def _learner(model, cfg: RLConfig) -> Learner:
+    head = None
+    params = list(lora.trainable_parameters(model))
+    if cfg.advantage == "gae":
+        torch.manual_seed(cfg.seed)
+        head = ValueHead(lora.plain_model(model).config.hidden_size, cfg.value_hidden)
+        params += list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    return Learner(model, opt, head)
+
+
+def setup(cfg: RLConfig, resume: bool, log_prefix: str = "") -> tuple[Learner, object, int]:
+    """(learner, tokenizer, first step): fresh, or restored from the newest good checkpoint."""
     tok = load_tokenizer(cfg.model)
     if not resume:
-        model = _policy(cfg)
-        return model, _optimizer(model, cfg), tok, 0
+        return _learner(_policy(cfg), cfg), tok, 0
     last, state = ckpt.load_latest(Path(cfg.out) / "checkpoints", ckpt.load_state)
-    model = _policy(cfg, last)
-    opt = _optimizer(model, cfg)
-    opt.load_state_dict(state["optimizer"])
+    learner = _learner(_policy(cfg, last), cfg)
+    if learner.value_head is not None:
+        learner.value_head.load_state_dict(state["value_head"])
+    learner.opt.load_state_dict(state["optimizer"])
+    learner.entropy_coef = state.get("entropy_coef", 0.0)
     ckpt.set_rng_state(state["rng"])
     print(f"{log_prefix}resuming from {last.name} (step {state['step']} of {cfg.steps})")
-    return model, opt, tok, state["step"]
+    return learner, tok, state["step"]
 
 
 def reference_model(cfg: RLConfig):
@@ -422,15 +507,18 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     task = make_task(cfg, load_tokenizer(cfg.model))
     if is_file_task(cfg.task) and not cfg.trust_grader:
         refuse_gameable(task)  # a user's grader: a reward the policy can game is refused before training
-    model, opt, tok, start = setup(cfg, resume, log_prefix)
+    learner, tok, start = setup(cfg, resume, log_prefix)
+    model, opt = learner.model, learner.opt
     ref_model = reference_model(cfg)
     ck_root = out / "checkpoints"
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" else ADVANTAGES[cfg.advantage]
+    advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" \
+        else ADVANTAGES.get(cfg.advantage)  # None for gae: per-token advantages come from the critic
     aggregate = AGGREGATIONS[cfg.loss_agg]
     sampler = None  # the model rollouts sample from (a bf16 copy with precision = "bf16")
     hint = f"Resume with: ponder train --resume --out {out} (same recipe/flags)"
-    with TrainingLoop(out, cfg.steps, start, f"{log_prefix}GRPO", cfg.progress, cfg.tensorboard, cfg.save_every,
+    name = "PPO" if cfg.advantage == "gae" else "GRPO"
+    with TrainingLoop(out, cfg.steps, start, f"{log_prefix}{name}", cfg.progress, cfg.tensorboard, cfg.save_every,
                       hint) as loop:
         for step in loop:
             t0 = time.perf_counter()
@@ -445,20 +533,28 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
             if rolled.groups:
                 model.train()
                 batch = build_batch(rolled, engine.pad_id, advantage_fn)
+                if learner.value_head is not None:
+                    batch = with_gae(model, learner.value_head, batch, cfg)
                 t1 = time.perf_counter()
                 try:
-                    metrics.update(update_policy(model, ref_model, opt, batch, cfg, aggregate))
+                    metrics.update(update_policy(model, ref_model, opt, batch, cfg, aggregate, learner.value_head,
+                                                 learner.entropy_coef))
                 except FloatingPointError as e:
                     last = ckpt.latest(ck_root)
                     raise FloatingPointError(
                         f"{e} at step {step + 1}; stopped. Last good checkpoint: "
                         f"{last if last else 'none (no checkpoint was written yet)'}") from None
                 metrics["train_seconds"] = time.perf_counter() - t1
+                if cfg.entropy_target:
+                    metrics["entropy_coef"] = learner.entropy_coef  # the weight this step trained with
+                    learner.entropy_coef = entropy_coef_update(learner.entropy_coef, metrics["entropy"],
+                                                               cfg.entropy_target, cfg.entropy_coef_step,
+                                                               cfg.entropy_coef_max)
             metrics.update(step_time=time.perf_counter() - t0, lr=lr, peak_rss_gb=peak_rss_gb())
             done = step + 1
             if loop.end_step(done, metrics, reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}",
                              think=f"{metrics['think_len_mean']:.0f}"):
-                ckpt.save(ck_root, done, model, tok, {"optimizer": opt.state_dict(), "config": asdict(cfg)})
+                ckpt.save(ck_root, done, model, tok, learner.state(cfg))
             loop.stop_if_asked(done)
     model.eval()
     final = save_model(lora.merged(model), tok, out / "model")  # LoRA: adapters folded in

@@ -1,0 +1,90 @@
+"""PPO's critic side as small pure functions: per-token GAE and the clipped value loss.
+
+With `advantage = "gae"` the policy gets a value head (`ponder.models.value_head`) on
+its last hidden state; each completion token t has a value V_t, the verifier's
+reward arrives at the last token, and
+
+    delta_t = r_t + gamma * V_{t+1} - V_t          (V after the last token = 0)
+    A_t     = delta_t + gamma * lam * A_{t+1}      (generalised advantage estimation)
+    R_t     = A_t + V_t                            (the value target)
+
+Open-Reasoner-Zero runs plain PPO with gamma = lam = 1 and no KL: then A_t is the
+final reward minus V_t, a per-token baseline learned instead of the group mean.
+Shapes: B rows, T completion positions, `mask` (B, T) marks real completion tokens
+(contiguous within a row).
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-6
+
+
+def token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) sequence rewards -> (B, T): each reward on its row's last completion token.
+
+    >>> token_rewards(torch.tensor([1.0, 0.5]), torch.tensor([[1., 1., 0.], [1., 1., 1.]]))
+    tensor([[0.0000, 1.0000, 0.0000],
+            [0.0000, 0.0000, 0.5000]])
+    """
+    T = mask.size(1)
+    last = (mask * torch.arange(1, T + 1)).argmax(dim=1)  # index of the last real token
+    out = torch.zeros_like(mask)
+    out[torch.arange(mask.size(0)), last] = rewards * (mask.sum(1) > 0)
+    return out
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) token rewards, values and mask -> (advantages, returns), both (B, T), 0 off the mask.
+
+    >>> adv, ret = gae(torch.tensor([[0., 1.]]), torch.tensor([[0.25, 0.5]]), torch.ones(1, 2))
+    >>> adv.tolist(), ret.tolist()
+    ([[0.75, 0.5]], [[1.0, 1.0]])
+    """
+    B, T = mask.shape
+    adv = torch.zeros(B, T)
+    next_value, next_adv = torch.zeros(B), torch.zeros(B)
+    for t in reversed(range(T)):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = a * m
+        next_value = torch.where(m > 0, values[:, t], next_value * 0)  # past the row's end: nothing follows
+        next_adv = torch.where(m > 0, a, next_adv * 0)
+    return adv, (adv + values) * mask
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> zero mean, unit std over the masked entries (0 elsewhere).
+
+    >>> whiten(torch.tensor([[1., 3., 9.]]), torch.tensor([[1., 1., 0.]])).tolist()
+    [[-0.7071062922477722, 0.7071062922477722, 0.0]]
+    """
+    n = mask.sum().clamp_min(1.0)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp_min(1.0)
+    return (x - mean) / (var.sqrt() + EPS) * mask
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       clip: float) -> torch.Tensor:
+    """(B, T) per-token 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2) (PPO's value clipping).
+
+    >>> round(clipped_value_loss(torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), 0.2).item(), 4)
+    0.32
+    """
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+
+
+def entropy_coef_update(coef: float, entropy: float, target: float, step: float, max_coef: float) -> float:
+    """Skywork-OR1's adaptive entropy control: raise the entropy bonus while entropy is below
+    `target`, lower it (to 0 at least) while above.
+
+    >>> entropy_coef_update(0.0, 0.1, 0.3, 0.005, 0.05), entropy_coef_update(0.01, 0.5, 0.3, 0.005, 0.05)
+    (0.005, 0.005)
+    """
+    coef = coef + step if entropy < target else coef - step
+    return min(max(coef, 0.0), max_coef)
