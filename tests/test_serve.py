@@ -457,3 +457,31 @@ def test_gemini_bad_requests(server):
     assert r.status_code == 400 and "thinkingBudget" in r.json()["error"]["message"]
     r = httpx.post(f"{server.url}/v1beta/models/tiny:generateContent", json={"contents": []})
     assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
+
+
+# -- strategies --------------------------------------------------------------------------
+
+def test_vote_and_adaptive_strategies_use_the_requests_own_samples(oai, server):
+    from ponder.core.stats import majority_vote
+    from ponder.inference.strategies import vote_confidence
+    pool = ask(oai, "7+8=?", n=16, seed=0, reasoning_effort="low")
+    answers = [c.message.content.strip() for c in pool.choices]
+    r = ask(oai, "7+8=?", n=8, seed=0, reasoning_effort="low", extra_body={"strategy": "vote"})
+    votes = r.model_extra["strategy"]
+    assert len(r.choices) == 1 and votes["samples"] == 8 and votes["answer"] == majority_vote(answers[:8])
+    assert r.choices[0].message.content.strip() == votes["answer"]
+    assert sum(votes["votes"].values()) == sum(1 for a in answers[:8] if a)
+    a = ask(oai, "7+8=?", n=16, seed=0, reasoning_effort="low", extra_body={"strategy": "adaptive"})
+    k = a.model_extra["strategy"]["samples"]
+    assert k % 2 == 0 and (k == 16 or vote_confidence(answers[:k]) >= 0.95)
+    assert k == 16 or vote_confidence(answers[:k - 2]) < 0.95  # it stopped at the first confident round
+    assert a.model_extra["strategy"]["answer"] == majority_vote(answers[:k])
+    first_k = ask(oai, "7+8=?", n=k, seed=0, reasoning_effort="low")
+    assert a.usage.completion_tokens == first_k.usage.completion_tokens  # usage counts all k samples
+    assert r.usage.completion_tokens == ask(oai, "7+8=?", n=8, seed=0, reasoning_effort="low").usage.completion_tokens
+    body = {"model": "tiny", "messages": [{"role": "user", "content": Q}], "strategy": "vote", "stream": True}
+    r = httpx.post(server.url + "/v1/chat/completions", headers={"x-api-key": KEY}, json=body)
+    assert r.status_code == 400 and "stream" in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/v1/chat/completions", headers={"x-api-key": KEY},
+                   json={**body, "stream": False, "strategy": "best_of_n"})
+    assert r.status_code == 400 and "'vote' or 'adaptive'" in r.json()["error"]["message"]

@@ -49,7 +49,7 @@ import torch
 from ponder.engine.budget import ANSWER_RESERVE, ThinkingForcer, check_budget, row_cap
 from ponder.core.config import ConfigError
 from ponder.models.decoder import Decoder, KVCache, supports
-from ponder.tasks.base import THINK_CLOSE, THINK_OPEN, thinking_text
+from ponder.core.think import THINK_CLOSE, THINK_OPEN, thinking_text
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
 `reasoning_effort` (none, minimal, low, medium, high) picks a thinking budget
 (`ponder.engine.budget.EFFORT`; none = no thinking); `thinking_budget`
 (0 off, N a cap, -1 adaptive) sets one directly and wins over the effort.
+`strategy` (vote, adaptive) turns n samples into one voted answer
+(`ponder.serve.strategy`); the response's `strategy` field holds the votes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ponder.serve.reasoning import effort_to_budget, shown_reasoning, split_completion, summarize
+from ponder.serve.reasoning import RequestError, effort_to_budget, shown_reasoning, split_completion, summarize
 from ponder.serve.schemas import ChatRequest, stops_of, text_of
 from ponder.serve.service import Plan, Service, finish_reason
 
@@ -54,22 +56,37 @@ def plan_chat(svc: Service, body: ChatRequest) -> Plan:
 async def chat_completions(body: ChatRequest, request: Request):
     svc = _service(request)
     plan = plan_chat(svc, body)
-    svc.submit(plan)
+    if body.strategy and body.stream:
+        raise RequestError("stream", f"strategy {body.strategy!r} returns one voted answer and does not stream; "
+                                     f"valid: stream false")
+    if not body.strategy:
+        svc.submit(plan)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": svc.name}
+    if body.strategy:
+        return await _with_strategy(svc, plan, body, meta, request)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_sse(svc, plan, meta, usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     samples = await svc.results(plan, request.is_disconnected)
-    choices = []
-    for s in samples:
-        split = split_completion(s.text, plan.opened, True, plan.stops, s.finish == "stop")
-        shown = shown_reasoning(plan.reasoning, split.thinking, s.thinking_tokens)
-        message = {"role": "assistant", "content": split.answer, "reasoning": shown, "reasoning_content": shown}
-        choices.append({"index": s.sample_index, "message": message, "finish_reason": finish_reason(s),
-                        "logprobs": None})
-    return {**meta, "object": "chat.completion", "choices": choices,
+    return {**meta, "object": "chat.completion", "choices": [_choice(plan, s, s.sample_index) for s in samples],
             "usage": usage_of(len(plan.job.prompt_ids), samples)}
+
+
+def _choice(plan: Plan, s, index: int) -> dict:
+    split = split_completion(s.text, plan.opened, True, plan.stops, s.finish == "stop")
+    shown = shown_reasoning(plan.reasoning, split.thinking, s.thinking_tokens)
+    message = {"role": "assistant", "content": split.answer, "reasoning": shown, "reasoning_content": shown}
+    return {"index": index, "message": message, "finish_reason": finish_reason(s), "logprobs": None}
+
+
+async def _with_strategy(svc: Service, plan: Plan, body: ChatRequest, meta: dict, request: Request) -> dict:
+    from ponder.serve.strategy import run_strategy
+    chosen, samples, details = await run_strategy(svc, plan, body.strategy, body.n, request.is_disconnected)
+    if chosen is None:
+        return {}
+    return {**meta, "object": "chat.completion", "choices": [_choice(plan, chosen, 0)],
+            "usage": usage_of(len(plan.job.prompt_ids), samples), "strategy": details}
 
 
 def usage_of(prompt_tokens: int, samples) -> dict:

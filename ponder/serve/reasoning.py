@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ponder.core.config import ConfigError
 from ponder.engine.budget import ANSWER_RESERVE, EFFORT, OVERHEAD
 from ponder.engine.engine import SamplingParams
-from ponder.tasks.base import THINK_CLOSE, THINK_OPEN
+from ponder.core.think import THINK_CLOSE, THINK_OPEN
 
 REASONING_MODES = ("visible", "hidden", "summary")
 STEP_CHARS = 80  # a summary quotes at most this much of a step

@@ -52,6 +52,7 @@ class ChatRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     include_reasoning: bool | None = None  # False: reasoning is counted in usage but not returned
+    strategy: Literal["vote", "adaptive"] | None = None  # n samples -> one voted answer (ponder.serve.strategy)
 
 
 class ThinkingEnabled(_Strict):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ponder.core.config import ConfigError, check_choices, option
 from ponder.engine.engine import Engine, Sample, SamplingParams, row_seed
 from ponder.serve.reasoning import REASONING_MODES, RequestError, StreamSplit, sampling_params
 from ponder.serve.worker import Busy, Job, Worker
-from ponder.tasks.base import THINK_OPEN
+from ponder.core.think import THINK_OPEN
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks its client is still there
 
@@ -53,6 +53,7 @@ class Plan:
     opened: bool  # the prompt opened <think>: the completion starts inside the thinking
     stops: tuple[str, ...]
     reasoning: str  # visible | hidden | summary
+    seed: int = 0  # sample j draws from row_seed(seed, 0, j)
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,20 @@ class Service:
         params = self.params(budget, limit, temperature, top_p, stops, field)
         seed = secrets.randbits(63) if seed is None else seed
         job = Job(ids, params, [row_seed(seed, 0, j) for j in range(n)], limit, asyncio.get_running_loop())
-        if n > self.cfg.max_batch:
-            raise RequestError("n", f"n {n} is out of range; valid values: 1..{self.cfg.max_batch} (--max-batch)")
         mode = "hidden" if include_reasoning is False else self.cfg.reasoning
-        return Plan(job, opened, stops, mode)
+        return Plan(job, opened, stops, mode, seed)
+
+    def more(self, plan: Plan, first: int, n: int) -> Plan:
+        """The same request again for samples first..first+n-1 (their own seeds: a pool's continuation)."""
+        j = plan.job
+        job = Job(j.prompt_ids, j.params, [row_seed(plan.seed, 0, first + k) for k in range(n)], j.limit, j.loop)
+        return replace(plan, job=job)
 
     # -- running it ----------------------------------------------------------------------
     def submit(self, plan: Plan) -> None:
+        if plan.job.rows > self.cfg.max_batch:  # it could never join the batch
+            raise RequestError("n", f"n {plan.job.rows} is out of range; valid values: 1..{self.cfg.max_batch} "
+                                    f"(the server's --max-batch)")
         try:
             self.worker.submit(plan.job)
         except Busy as e:
