@@ -173,3 +173,15 @@ def test_an_answer_that_breaks_the_graders_schema_names_its_line(tmp_path):
                                                 "required": ["total"]}}
     with pytest.raises(ConfigError, match=r"inv.jsonl:2: the answer does not match the grader's schema"):
         build_task(str(data), "", grader)
+
+
+def test_a_code_task_says_which_sandbox_holds_its_programs(tmp_path):
+    from ponder.tasks.spec import sandbox_lines
+    data = tmp_path / "code.jsonl"
+    data.write_text(json.dumps({"prompt": "def f(x):", "answer": "", "entry_point": "f",
+                                "tests": "def check(c):\n    assert c(1) == 1\n"}) + "\n")
+    (line,) = sandbox_lines(build_task(str(data), "", {"kind": "code_tests"}, template="Write it.\n{prompt}"))
+    assert line.startswith("sandbox: ") and ("bubblewrap" in line)
+    assert sandbox_lines(build_task(str(data), "", {"kind": "code_tests", "sandbox": "unsafe-subprocess"}))[0] \
+        .startswith("sandbox: UNSAFE")
+    assert sandbox_lines(build_task("arithmetic")) == []

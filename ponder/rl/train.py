@@ -28,7 +28,7 @@ import torch
 from ponder.core import checkpoint as ckpt
 from ponder.models import lora
 from ponder.core import config as C
-from ponder.tasks.spec import TaskFields, is_file_task, make_task
+from ponder.tasks.spec import TaskFields, is_file_task, make_task, sandbox_lines
 from ponder.verifiers.probe import refuse_gameable
 from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.models.decoder import supports
@@ -505,6 +505,8 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     task = make_task(cfg, load_tokenizer(cfg.model))
+    for line in sandbox_lines(task):  # a code task: say which sandbox holds the model's programs
+        print(f"{log_prefix}{line}")
     if is_file_task(cfg.task) and not cfg.trust_grader:
         refuse_gameable(task)  # a user's grader: a reward the policy can game is refused before training
     learner, tok, start = setup(cfg, resume, log_prefix)

@@ -23,7 +23,7 @@ from ponder.core.config import ConfigError
 from ponder.core.io import read_jsonl
 from ponder.tasks.base import SPLITS, Example, Task, check_split, split_of
 from ponder.core.verdict import Verdict
-from ponder.verifiers.custom import (CombineGrader, Grader, JsonSchemaGrader, PythonGrader, grade, load_function,
+from ponder.verifiers.custom import (CodeTestsGrader, CombineGrader, Grader, JsonSchemaGrader, PythonGrader, grade, load_function,
                                      load_grader, parse_grader)
 
 _KNOWN = ("id", "prompt", "answer", "difficulty", "split")
@@ -83,6 +83,15 @@ def schemas_of(grader) -> list[dict]:
         return [grader.schema] if grader.schema else []
     if isinstance(grader, CombineGrader):
         return [s for _, g in grader.parts for s in schemas_of(g)]
+    return []
+
+
+def sandboxes_of(grader) -> list[str]:
+    """The sandbox backends a grader runs code with (code_tests parts), e.g. ["auto"]; [] when it runs none."""
+    if isinstance(grader, CodeTestsGrader):
+        return [grader.sandbox]
+    if isinstance(grader, CombineGrader):
+        return [s for _, g in grader.parts for s in sandboxes_of(g)]
     return []
 
 

@@ -133,6 +133,15 @@ def formatted(task: Task, tokenizer, cfg: Any) -> Task:
     return adapt_task(task, tokenizer, cfg.prompt_format, system=cfg.system_prompt or None)
 
 
+def sandbox_lines(task: Task) -> list[str]:
+    """What a command prints at start-up when the task runs untrusted code: which sandbox holds it."""
+    while hasattr(task, "inner"):  # through the prompt-format and template wrappers
+        task = task.inner
+    from ponder.tasks.jsonl import sandboxes_of
+    from ponder.verifiers.sandbox import describe
+    return [describe(b) for b in dict.fromkeys(sandboxes_of(getattr(task, "grader", None)))]
+
+
 def task_fields(cfg: Any) -> dict:
     """The TaskFields of a config as a dict (to hand the same task to another stage)."""
     return {f: getattr(cfg, f) for f in TASK_FIELDS}
