@@ -182,6 +182,6 @@ def test_a_code_task_says_which_sandbox_holds_its_programs(tmp_path):
                                 "tests": "def check(c):\n    assert c(1) == 1\n"}) + "\n")
     (line,) = sandbox_lines(build_task(str(data), "", {"kind": "code_tests"}, template="Write it.\n{prompt}"))
     assert line.startswith("sandbox: ") and ("bubblewrap" in line)
-    assert sandbox_lines(build_task(str(data), "", {"kind": "code_tests", "sandbox": "unsafe-subprocess"}))[0] \
-        .startswith("sandbox: UNSAFE")
+    unsafe = sandbox_lines(build_task(str(data), "", {"kind": "code_tests", "sandbox": "unsafe-subprocess"}))[0]
+    assert unsafe.startswith("sandbox: ") and "unsafe" in unsafe.lower()
     assert sandbox_lines(build_task("arithmetic")) == []
