@@ -589,6 +589,41 @@ def make_data(cfg: MakeDataConfig) -> dict:
     return GENERATORS[cfg.generator](cfg.out, cfg.train, cfg.test, cfg.seed, cfg.computed_share)
 
 
+# -- the report of a pipeline run ------------------------------------------------------------------
+def _cell(rows: list[dict]) -> str:
+    """'EM x/n [lo, hi], fields f [lo, hi]': exact match and field accuracy with 95% Wilson intervals
+    (the field interval counts the n x 7 fields as trials, so it is narrower than a per-document one)."""
+    from ponder.core.stats import wilson_ci
+
+    n, ok = len(rows), sum(r["correct"] for r in rows)
+    fields = round(sum(r["score"] for r in rows) * len(FIELDS))
+    lo, hi = wilson_ci(ok, n)
+    flo, fhi = wilson_ci(fields, n * len(FIELDS))
+    return (f"{ok / n:.3f} [{lo:.2f}, {hi:.2f}] / {fields / (n * len(FIELDS)):.3f} "
+            f"[{flo:.2f}, {fhi:.2f}] (n={n})")
+
+
+def report(run_dir: str | Path) -> str:
+    """A markdown table of a pipeline run's held-out evaluations: exact match / field accuracy per
+    stage, overall and by layout, amounts (printed vs computed) and number format, with the stage's
+    wall and CPU minutes."""
+    run = Path(run_dir)
+    stages = json.loads((run / "pipeline.json").read_text())["stages"]
+    lines = ["| stage | slice | exact match [95% CI] / field accuracy [95% CI] |", "|---|---|---|"]
+    for name in stages:
+        ev, man = run / name / "eval.json", run / name / "manifest.json"
+        if not ev.is_file():
+            continue
+        rows = json.loads(ev.read_text())["samples"]
+        m = json.loads(man.read_text()) if man.is_file() else {}
+        took = f" ({m['seconds'] / 60:.1f} min wall, {m['cpu_seconds'] / 60:.1f} CPU min)" if "cpu_seconds" in m else ""
+        lines.append(f"| {name}{took} | all | {_cell(rows)} |")
+        for key in ("layout", "amounts", "number_format"):
+            for value in sorted({r["info"].get(key) for r in rows} - {None}):
+                lines.append(f"| | {key}={value} | {_cell([r for r in rows if r['info'].get(key) == value])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="ponder make-data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -599,3 +634,8 @@ def main(argv: list[str]) -> int:
     counts = make_data(cfg)
     print(f"wrote {counts['train']} train and {counts['test']} test lines to {cfg.out}")
     return 0
+
+
+if __name__ == "__main__":  # python -m ponder.tasks.invoices RUN_DIR: the table of a pipeline run
+    import sys
+    print(report(sys.argv[1]))
