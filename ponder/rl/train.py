@@ -78,6 +78,9 @@ class RLConfig(RunFields, TaskFields):
     value_clip: float = option(0.2, "clip range of the value update around the old values (gae only)")
     value_hidden: int = option(64, "hidden width of the value head's MLP (gae only)")
     whiten_advantages: bool = option(True, "normalise GAE advantages over the batch's tokens (gae only)")
+    value_detach: bool = option(True, "the value head reads the policy's hidden state without training it "
+                                "(the critic cannot pull the policy's features its way; gae only)")
+    value_lr_scale: float = option(1.0, "the value head's learning rate as a multiple of lr (gae only)")
     entropy_target: float = option(0.0, "adaptive entropy control (Skywork-OR1): an entropy bonus whose weight "
                                    "rises while the mean token entropy is below this target and falls above it; "
                                    "0 = off")
@@ -131,9 +134,9 @@ class RLConfig(RunFields, TaskFields):
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
             raise ConfigError(f"clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
         if not (0 <= self.gae_gamma <= 1 and 0 <= self.gae_lambda <= 1) or self.value_clip <= 0 \
-                or self.value_coef < 0 or self.value_hidden < 1:
+                or self.value_coef < 0 or self.value_hidden < 1 or self.value_lr_scale <= 0:
             raise ConfigError(f"need gae_gamma, gae_lambda in [0, 1], value_clip > 0, value_coef >= 0, "
-                              f"value_hidden >= 1; got {self.gae_gamma}, {self.gae_lambda}, {self.value_clip}, "
+                              f"value_hidden >= 1, value_lr_scale > 0; got {self.gae_gamma}, {self.gae_lambda}, {self.value_clip}, "
                               f"{self.value_coef}, {self.value_hidden}")
         if min(self.entropy_target, self.entropy_coef_step, self.entropy_coef_max) < 0:
             raise ConfigError(f"entropy_target, entropy_coef_step and entropy_coef_max must be >= 0; got "
@@ -233,7 +236,8 @@ def body_and_head(model):
     return (plain.model, plain.lm_head) if supports(plain) else None
 
 
-def completion_logprobs(model, ids, attn, comp, value_head=None, entropy_grad: bool = False):
+def completion_logprobs(model, ids, attn, comp, value_head=None, entropy_grad: bool = False,
+                        value_detach: bool = True):
     """Log-probs of the next tokens, the entropy and (with `value_head`) the value at each
     completion position, each (B, L-1) with zeros elsewhere; one log-softmax serves log-probs
     and entropy, one hidden state serves the LM head and the value head. The entropy carries
@@ -251,7 +255,8 @@ def completion_logprobs(model, ids, attn, comp, value_head=None, entropy_grad: b
         hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]  # (B, L-1, D)
         logits = head(hidden[sel])  # (N, V)
         if value_head is not None:
-            v = value_head(hidden[sel].float())  # (N,)
+            h = hidden[sel].detach() if value_detach else hidden[sel]
+            v = value_head(h.float())  # (N,)
             values = torch.zeros(sel.shape, dtype=v.dtype).masked_scatter(sel, v)
     logp_all = torch.log_softmax(logits.float(), dim=-1)
     logp_sel = logp_all.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1)  # (N,)
@@ -352,7 +357,8 @@ def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggreg
                 ids, attn, mask = trimmed(batch, rows)
                 T = mask.size(1)
                 with autocast(cfg.precision):
-                    logp, entropy, values = completion_logprobs(model, ids, attn, mask, value_head, entropy_coef > 0)
+                    logp, entropy, values = completion_logprobs(model, ids, attn, mask, value_head, entropy_coef > 0,
+                                                                cfg.value_detach)
                 old = old_logp[rows, :T] if old_logp is not None else logp.detach()
                 a = adv[rows] if adv.dim() == 1 else adv[rows, :T]
                 per_tok, clipped = clipped_policy_loss(logp, old, a, cfg.clip_low, cfg.clip_high)
@@ -467,12 +473,12 @@ class Learner:
 
 def _learner(model, cfg: RLConfig) -> Learner:
     head = None
-    params = list(lora.trainable_parameters(model))
+    groups = [{"params": list(lora.trainable_parameters(model)), "lr_scale": 1.0}]
     if cfg.advantage == "gae":
         torch.manual_seed(cfg.seed)
         head = ValueHead(lora.plain_model(model).config.hidden_size, cfg.value_hidden)
-        params += list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        groups.append({"params": list(head.parameters()), "lr_scale": cfg.value_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     return Learner(model, opt, head)
 
 
@@ -526,7 +532,7 @@ def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
             t0 = time.perf_counter()
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)  # the critic may learn faster than the policy
             model.eval()
             sampler = rollout_copy(lora.plain_model(model), cfg.precision, sampler)
             engine = Engine(sampler, tok)
