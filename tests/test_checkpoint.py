@@ -122,3 +122,79 @@ def test_a_config_error_from_the_loader_is_not_taken_for_damage(tmp_path, small)
     with pytest.raises(ConfigError, match="the trace files changed"):
         ckpt.load_latest(tmp_path, loader, say=lambda s: None)
     assert tried == ["step-000004"]
+
+
+# -- resume in the real loops: `ponder train --resume` and `ponder sft --resume` ---------------------
+def _rl_cfg(model, out, **kw):
+    from ponder.rl.train import RLConfig
+    base = dict(model=model, task="digits", out=str(out), steps=4, prompts_per_step=2, group_size=4,
+                max_new_tokens=6, lr=3e-3, warmup=1, save_every=2, seed=0, track_kl=False, tensorboard=False,
+                progress=False)
+    base.update(kw)
+    return RLConfig(**base)
+
+
+def _same_weights(a_dir, b_dir):
+    from safetensors.torch import load_file
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    return a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@pytest.fixture
+def rl_setup(tmp_path, monkeypatch):
+    from ponder.tasks import TASKS
+    from r1_fixtures import DigitsTask, small_model
+    monkeypatch.setitem(TASKS, "digits", DigitsTask)
+    return small_model(tmp_path / "base")
+
+
+def test_train_resume_falls_back_past_truncated_weights_and_ends_like_an_uninterrupted_run(rl_setup, tmp_path,
+                                                                                          capsys):
+    from ponder.rl.train import train
+    train(_rl_cfg(rl_setup, tmp_path / "full", steps=6))
+    part = tmp_path / "part"
+    train(_rl_cfg(rl_setup, part, steps=4))  # complete checkpoints step-2 and step-4
+    _truncate(part / "checkpoints" / "step-000004" / "model.safetensors")
+    capsys.readouterr()
+    train(_rl_cfg(rl_setup, part, steps=6), resume=True)
+    out = capsys.readouterr().out
+    bad = [line for line in out.splitlines() if "damaged" in line]
+    assert len(bad) == 1 and str(part / "checkpoints" / "step-000004" / "model.safetensors") in bad[0], out
+    assert "falling back to step-000002" in bad[0] and "resuming from step-000002" in out, out
+    assert _same_weights(tmp_path / "full" / "model", part / "model")  # steps 3-4 redone exactly
+
+
+def test_train_resume_with_no_loadable_checkpoint_fails_in_one_line(rl_setup, tmp_path, capsys):
+    from ponder.cli import main as cli
+    from ponder.rl.train import train
+    part = tmp_path / "part"
+    train(_rl_cfg(rl_setup, part, steps=4))
+    for step in ("step-000002", "step-000004"):
+        _truncate(part / "checkpoints" / step / "model.safetensors")
+    capsys.readouterr()
+    rc = cli(["train", "--resume", "--out", str(part), "--model", rl_setup, "--task", "digits", "--steps", "6",
+              "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6", "--lr", "3e-3",
+              "--warmup", "1", "--save-every", "2", "--track-kl", "false", "--tensorboard", "false",
+              "--progress", "false"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Traceback" not in err, err
+    assert all(str(part / "checkpoints" / s / "model.safetensors") in err for s in ("step-000002", "step-000004"))
+
+
+def test_sft_resume_falls_back_past_a_truncated_checkpoint(tmp_path, capsys):
+    import shutil
+
+    from ponder.stages.sft import SFTConfig, sft
+    from r1_fixtures import small_model, write_traces
+    model, data = small_model(tmp_path / "base"), write_traces(tmp_path / "traces.jsonl", 8)
+    cfg = SFTConfig(model=model, data=str(data), out=str(tmp_path / "run"), epochs=2, batch_size=2, lr=3e-3,
+                    warmup=1, save_every=2, threads=1, progress=False)
+    sft(cfg)  # 8 steps; checkpoints step-6 and step-8 are kept
+    shutil.copytree(tmp_path / "run" / "model", tmp_path / "first")
+    _truncate(tmp_path / "run" / "checkpoints" / "step-000008" / "model.safetensors")
+    capsys.readouterr()
+    sft(cfg, resume=True)
+    out = capsys.readouterr().out
+    assert "step-000008/model.safetensors" in out and "falling back to step-000006" in out, out
+    assert "resuming from step-000006" in out
+    assert _same_weights(tmp_path / "first", tmp_path / "run" / "model")

@@ -26,6 +26,7 @@ import contextlib
 import torch
 
 from ponder.core import checkpoint as ckpt
+from ponder.core.lock import run_lock
 from ponder.models import lora
 from ponder.core import config as C
 from ponder.tasks.spec import TaskFields, is_file_task, make_task, sandbox_lines
@@ -507,6 +508,11 @@ def reference_model(cfg: RLConfig):
 
 
 def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
+    with run_lock(cfg.out):  # one writer per run folder: a second run on it is refused, naming this pid
+        return _train(cfg, resume, log_prefix)
+
+
+def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
     C.set_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,14 +35,15 @@ by writing DIR/summary.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ponder.core import checkpoint as ckpt
+from ponder.core.lock import clear_run_folder, run_lock
 from ponder.core import config as C
 from ponder.stages.collect import CollectConfig, collect
 from ponder.tasks.invoices import MakeDataConfig, make_data
@@ -350,7 +351,13 @@ def run_stage(stage: Stage, pc: PipelineConfig, stage_dir: Path) -> dict:
 # -- the pipeline -----------------------------------------------------------------------------------
 def run_pipeline(recipe: str | Path, out: str | Path, from_stage: str | None = None) -> dict[str, str]:
     """Run every stage that is not finished and fresh; returns {stage: 'ran' | 'skipped'}."""
-    out = Path(out)
+    # One writer per run folder: the pipeline holds DIR and, from the moment it reaches a stage,
+    # DIR/NAME (before it may empty it), so a stray `ponder train --out DIR/NAME` is refused too.
+    with run_lock(out), contextlib.ExitStack() as held:
+        return _run_pipeline(recipe, Path(out), from_stage, held)
+
+
+def _run_pipeline(recipe: str | Path, out: Path, from_stage: str | None, held: contextlib.ExitStack) -> dict[str, str]:
     pc, raw = load_recipe(recipe)
     stages = resolve(pc, raw, out)
     pc = resolved_task(pc, stages)
@@ -365,6 +372,7 @@ def run_pipeline(recipe: str | Path, out: str | Path, from_stage: str | None = N
     rerun = False  # from the --from stage on, everything reruns
     for stage in stages:
         stage_dir = out / stage.name
+        held.enter_context(run_lock(stage_dir))
         rerun = rerun or stage.name == from_stage
         why = "--from" if rerun else staleness(stage, stage_dir)
         if why is None:
@@ -372,7 +380,7 @@ def run_pipeline(recipe: str | Path, out: str | Path, from_stage: str | None = N
             status[stage.name] = "skipped"
             continue
         if why == "--from" or why.endswith("changed") or not _resumable(stage, stage_dir):
-            shutil.rmtree(stage_dir, ignore_errors=True)  # start over: its old outputs are not this stage's
+            clear_run_folder(stage_dir)  # start over: its old outputs are not this stage's (the lock stays)
         print(f"[{stage.name}] running {stage.kind} ({why})")
         run_stage(stage, pc, stage_dir)
         status[stage.name] = "ran"

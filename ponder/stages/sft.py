@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ponder.core import checkpoint as ckpt
+from ponder.core.lock import run_lock
 from ponder.core import config as C
 from ponder.core.think import THINK_CLOSE, THINK_OPEN
 from ponder.tasks.chat import ChatTask
@@ -211,8 +212,22 @@ def make_optimizer(model, cfg: SFTConfig, total: int):
 
 
 # -- the run ------------------------------------------------------------------------------------
+def _load_checkpoint(path: Path, hashes: dict) -> tuple[dict, tuple]:
+    """(trainer state, (model, tokenizer)) of one checkpoint, or ConfigError if its data differ."""
+    state = ckpt.load_state(path)
+    if state["data"]["sha256"] != hashes:
+        raise ConfigError(f"--resume: the trace files changed since {path}: "
+                          f"checkpoint has {state['data']['sha256']}, now {hashes}")
+    return state, load_model(path)
+
+
 def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
     """Fine-tune on `cfg.data`; returns OUT/model. Resumes exactly from OUT/checkpoints."""
+    with run_lock(cfg.out):  # one writer per run folder: a second run on it is refused, naming this pid
+        return _sft(cfg, resume, log_prefix)
+
+
+def _sft(cfg: SFTConfig, resume: bool, log_prefix: str) -> Path:
     C.set_threads(cfg.threads)
     out = Path(cfg.out)
     files = data_files(cfg.data, cfg.gold)
@@ -230,14 +245,9 @@ def sft(cfg: SFTConfig, resume: bool = False, log_prefix: str = "") -> Path:
     ck_root = out / "checkpoints"
     start = 0
     if resume:
-        last = ckpt.latest(ck_root)
-        if last is None:
-            raise ConfigError(f"--resume: no complete checkpoint under {str(ck_root)!r}")
-        state = ckpt.load_state(last)
-        if state["data"]["sha256"] != hashes:
-            raise ConfigError(f"--resume: the trace files changed since {last}: "
-                              f"checkpoint has {state['data']['sha256']}, now {hashes}")
-        model, tok = load_model(last)
+        # the newest checkpoint that loads; a damaged one is skipped, saying which file
+        last, (state, (model, tok)) = ckpt.load_latest(ck_root, lambda p: _load_checkpoint(p, hashes),
+                                                       say=lambda line: print(log_prefix + line))
         opt, sched = make_optimizer(model, cfg, total)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
