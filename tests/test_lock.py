@@ -92,3 +92,24 @@ def test_train_sft_and_pipeline_refuse_a_folder_a_live_run_holds(child_holding, 
         run_pipeline(recipe, out.parent)  # a stray `ponder train --out DIR/run` holds the stage's folder
     # nothing of the live run was written over or deleted (a stale stage is emptied before it reruns)
     assert holder(out)["pid"] == proc.pid and sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+
+
+def test_clearing_a_held_folder_keeps_it_held(tmp_path):
+    import shutil
+
+    from ponder.core.lock import clear_run_folder
+    out = tmp_path / "stage"
+    busy = HOLD.replace("time.sleep(600)", "pass")
+    with run_lock(out):
+        (out / "metrics.jsonl").write_text("{}\n")
+        (out / "checkpoints" / "step-000001").mkdir(parents=True)
+        clear_run_folder(out)
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+        proc = subprocess.run([sys.executable, "-c", busy, str(out)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and f"pid {os.getpid()}" in proc.stderr
+        # a plain rmtree deletes the lock file: a nested lock notices and locks the new one
+        shutil.rmtree(out)
+        with run_lock(out):
+            proc = subprocess.run([sys.executable, "-c", busy, str(out)], capture_output=True, text=True,
+                                  timeout=60)
+            assert proc.returncode != 0 and f"pid {os.getpid()}" in proc.stderr
