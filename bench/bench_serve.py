@@ -1,6 +1,6 @@
 """Benchmark: `ponder serve` throughput and latency with 1, 8, 32, 64 concurrent streaming clients.
 
-    python bench/bench_serve.py [--model tiny] [--threads 1] [--requests 2] [--min-requests 32] [--max-seconds 60]
+    python bench/bench_serve.py [--model tiny] [--threads 1] [--requests 8] [--min-requests 32] [--max-seconds 60]
 
 Starts `ponder serve MODEL` as its own process on a free loopback port, then for
 each concurrency level runs that many clients, each sending `--requests`
@@ -9,7 +9,10 @@ in all, so one client sends 32), with arithmetic prompts, reasoning effort high,
 temperature 1 and fixed seeds; no new request starts after `--max-seconds`.
 Per level it prints the aggregate decode rate (completion tokens from the usage
 chunks / wall time), time to first token (p50, p95) and request latency (p50,
-p95). The last line is the 32-client aggregate rate divided by the 1-client one.
+p95), the server process's CPU share of one core, its tokens per CPU-second and
+the rows decoded per engine step (tokens / steps: how full the batch was).
+All levels run once per round, `--rounds` rounds; the last line is the median
+32-client aggregate rate divided by the median 1-client one.
 This is a measurement, not a test.
 """
 
@@ -115,12 +118,50 @@ async def level(url: str, model: str, clients: int, requests: int, max_seconds: 
             "ttft_p50": q(ttft, 50), "ttft_p95": q(ttft, 95), "latency_p50": q(lat, 50), "latency_p95": q(lat, 95)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc), NaN elsewhere."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def report(r: dict) -> str:
+    return (f"{r['clients']:>7} {r['round']:>5} {r['requests']:>8} {r['errors']:>6} {r['tokens']:>7} "
+            f"{r['tokens_per_s']:>8.0f} {r['ttft_p50']:>8.3f}s {r['ttft_p95']:>8.3f}s "
+            f"{r['latency_p50']:>7.3f}s {r['latency_p95']:>7.3f}s {r['server_cpu_share']:>6.0%} "
+            f"{r['tokens_per_cpu_s']:>9.0f} {r['rows_per_step']:>9.1f}")
+
+
+def run_rounds(url: str, args, pool: list[str], per_client: dict, pid: int) -> list[dict]:
+    """Every level once per round, rounds one after another: a change in the machine's load
+    (it may be shared) then hits all levels alike instead of one."""
+    rows = []
+    print(f"{'clients':>7} {'round':>5} {'requests':>8} {'errors':>6} {'tokens':>7} {'tok/s':>8} "
+          f"{'TTFT p50':>9} {'TTFT p95':>9} {'lat p50':>8} {'lat p95':>8} {'srvCPU':>6} {'tok/cpu-s':>9} {'rows/step':>9}")
+    for k in range(args.rounds):
+        for c in LEVELS:
+            cpu0, steps0 = cpu_seconds(pid), httpx.get(url + "/health", timeout=5).json()["steps"]
+            r = asyncio.run(level(url, args.model, c, per_client[c], args.max_seconds, args.max_tokens, pool))
+            cpu = cpu_seconds(pid) - cpu0  # the server's CPU time for this level: its tokens per CPU-second
+            steps = httpx.get(url + "/health", timeout=5).json()["steps"] - steps0
+            rows.append({**r, "round": k, "server_cpu_s": cpu, "server_cpu_share": cpu / r["wall_s"],
+                         "tokens_per_cpu_s": r["tokens"] / cpu if cpu > 0 else float("nan"),
+                         "rows_per_step": r["tokens"] / steps if steps else float("nan")})
+            print(report(rows[-1]), flush=True)
+            if r["errors"]:
+                print(f"        first error: {r['first_error'][0]}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
-    ap.add_argument("--requests", type=int, default=2, help="requests per client at each level")
+    ap.add_argument("--requests", type=int, default=8, help="requests per client at each level")
     ap.add_argument("--min-requests", type=int, default=32, help="requests per level at least")
+    ap.add_argument("--rounds", type=int, default=3, help="times every level is run; medians are reported")
     ap.add_argument("--max-seconds", type=float, default=60, help="per level: no new request after this")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--json", default="", help="also write the results here")
@@ -130,31 +171,27 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     per_client = {c: max(args.requests, -(-args.min_requests // c)) for c in LEVELS}
     pool = prompts(max(c * k for c, k in per_client.items()))
-    rows = []
     try:
         asyncio.run(level(url, args.model, 4, 1, 30, args.max_tokens, pool))  # warm-up, not reported
-        print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'tokens':>7} {'tok/s':>8} "
-              f"{'TTFT p50':>9} {'TTFT p95':>9} {'lat p50':>8} {'lat p95':>8}")
-        for c in LEVELS:
-            r = asyncio.run(level(url, args.model, c, per_client[c], args.max_seconds, args.max_tokens, pool))
-            rows.append(r)
-            print(f"{c:>7} {r['requests']:>8} {r['errors']:>6} {r['tokens']:>7} {r['tokens_per_s']:>8.0f} "
-                  f"{r['ttft_p50']:>8.3f}s {r['ttft_p95']:>8.3f}s {r['latency_p50']:>7.3f}s {r['latency_p95']:>7.3f}s",
-                  flush=True)
-            if r["errors"]:
-                print(f"        first error: {r['first_error'][0]}")
+        rows = run_rounds(url, args, pool, per_client, server.pid)
         health = httpx.get(url + "/health", timeout=5).json()
         print(f"server after the run: {health['status']}, running {health['running_requests']}, "
-              f"queued {health['queued_requests']}")
+              f"queued {health['queued_requests']}, errors {sum(r['errors'] for r in rows)}")
     finally:
         server.terminate()
         server.wait(timeout=30)
+    med = {c: statistics.median(r["tokens_per_s"] for r in rows if r["clients"] == c) for c in LEVELS}
+    per_cpu = {c: statistics.median(r["tokens_per_cpu_s"] for r in rows if r["clients"] == c) for c in LEVELS}
+    print("median tokens/s: " + ", ".join(f"{c} clients {v:.0f}" for c, v in med.items()))
+    print("median tokens per server CPU-second: " + ", ".join(f"{c} clients {v:.0f}" for c, v in per_cpu.items())
+          + f" (32/1: {per_cpu[32] / per_cpu[1]:.1f}x; on a shared machine the server's CPU share, srvCPU, "
+            f"bounds the wall-clock rate)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "levels": rows, "cpus": os.cpu_count()}, f, indent=1)
-    by = {r["clients"]: r for r in rows}
-    print(f"32-client aggregate decode tokens/s / 1-client: {by[32]['tokens_per_s']:.0f} / "
-          f"{by[1]['tokens_per_s']:.0f} = {by[32]['tokens_per_s'] / by[1]['tokens_per_s']:.1f}x")
+            json.dump({"args": vars(args), "levels": rows, "median_tokens_per_s": med,
+                       "median_tokens_per_cpu_s": per_cpu, "cpus": os.cpu_count()}, f, indent=1)
+    print(f"32-client aggregate decode tokens/s / 1-client (medians over {args.rounds} rounds): "
+          f"{med[32]:.0f} / {med[1]:.0f} = {med[32] / med[1]:.1f}x")
 
 
 if __name__ == "__main__":

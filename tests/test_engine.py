@@ -146,19 +146,22 @@ def test_request_joining_a_running_batch_gets_the_tokens_it_gets_alone(tiny, fas
     assert len({ids for _, ids in got[1]}) > 1  # the samples of a request differ
 
 
-def test_columns_stay_bounded_under_continuous_arrivals(tiny):
+@pytest.mark.parametrize("trim", [False, True])
+def test_columns_stay_bounded_under_continuous_arrivals(tiny, trim):
     model, tok = tiny
     e = Engine(model, tok)
     sp = SamplingParams(max_new_tokens=12)
-    batch, widths, got = e.batch(max_rows=8), [], {}
-    for k in range(80):  # a request joins every step; about 12 run at once, in rows finished ones held
+    batch, widths, got = e.batch(max_rows=8, trim=trim), [], {}
+    for k in range(200):  # a request joins every step; about 12 run at once, in rows finished ones held
         batch.add(e.encode(PROMPTS[k % 3]), sp, [k])
         batch.step()
         widths.append(batch.col)
         got.update({s.prompt_index: s.ids for s in batch.take_finished()})
     got.update(_run_ids(batch))
-    assert max(widths) < 3 * (len(e.encode(PROMPTS[2])) + 12)  # old columns are trimmed, not kept forever
-    for k in range(0, 80, 7):
+    assert max(widths) < 5 * (len(e.encode(PROMPTS[2])) + 12)  # old columns are trimmed, not kept forever
+    if trim:  # trimmed whenever finished rows leave: about the live rows' span (prompt + 12 tokens)
+        assert sum(widths) / len(widths) < len(e.encode(PROMPTS[2])) + 12 + 8
+    for k in range(0, 200, 13):
         assert [got[k]] == [ids for _, ids in _alone(e, PROMPTS[k % 3], sp, [k], 12)], k
 
 

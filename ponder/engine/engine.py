@@ -178,10 +178,13 @@ class Engine:
     def encode(self, prompt: str) -> list[int]:
         return self.tok(prompt)["input_ids"]
 
-    def batch(self, max_rows: int | None = None) -> "Batch":
-        """A new, empty running batch for step-wise generation (see `Batch`); `max_rows`:
-        rows to make room for up front (a server's batch size), so joins rarely reallocate."""
-        return Batch(self, max_rows)
+    def batch(self, max_rows: int | None = None, trim: bool = False) -> "Batch":
+        """A new, empty running batch for step-wise generation (see `Batch`). `max_rows`:
+        rows to make room for up front (a server's batch size), so joins rarely reallocate;
+        `trim`: drop the columns no running row uses whenever finished rows are dropped
+        (attention then spans only the live rows' tokens; what `generate` gets is unchanged
+        either way up to float rounding, so `generate` does not trim)."""
+        return Batch(self, max_rows, trim)
 
     def generate(self, prompts: list[str], n: int = 1, params: SamplingParams = SamplingParams(),
                  seed: int = 0, max_tokens: list[int] | None = None) -> list[list[Sample]]:
@@ -273,7 +276,7 @@ class _Row:
     prompt: list[int]
     params: SamplingParams
     limit: int
-    u: torch.Tensor  # (limit,) the row's uniforms, from its own generator
+    u: list[float]  # the row's uniforms (limit of them), from its own generator
     forcer: ThinkingForcer | None
     first_step: int  # the batch step of the row's first token
     first_col: int = 0  # cache column of the row's first prompt token
@@ -305,8 +308,8 @@ class Batch:
     is dearer than a few wasted rows.
     """
 
-    def __init__(self, engine: Engine, max_rows: int | None = None):
-        self.e, self.max_rows = engine, max_rows
+    def __init__(self, engine: Engine, max_rows: int | None = None, trim: bool = False):
+        self.e, self.max_rows, self.trim = engine, max_rows, trim
         self.rows: list[_Row] = []  # one per cache row, dead rows included until compaction
         self.pending: list[list[_Row]] = []  # requests waiting for the next step's prefill
         self.finished: list[Sample] = []
@@ -328,7 +331,7 @@ class Batch:
         rid, self._next_rid = self._next_rid, self._next_rid + 1
         rows = []
         for j, s in enumerate(seeds):
-            u = torch.rand(limit, generator=torch.Generator().manual_seed(s))
+            u = torch.rand(limit, generator=torch.Generator().manual_seed(s)).tolist()
             rows.append(_Row(rid, j, list(prompt_ids), params, limit, u, self.e.forcer(prompt_ids, params, limit), 0))
         self.pending.append(rows)
         return rid
@@ -364,8 +367,12 @@ class Batch:
             return events
         if n_live <= 0.75 * len(self.rows):
             keep = live.nonzero().flatten()
-            self.backend.select(keep)
             self.rows = [self.rows[k] for k in keep.tolist()]
+            trim = min(r.first_col for r in self.rows) if self.trim else 0
+            trim = self.backend.select(keep, self.col, trim)
+            for r in self.rows:
+                r.first_col -= trim
+            self.col -= trim
             tokens, live = tokens[keep], live[keep]
         tokens = tokens.masked_fill(~live, self.e.pad_id)
         pos = torch.tensor([len(r.prompt) + self.t - 1 - r.first_step for r in self.rows])
@@ -376,18 +383,27 @@ class Batch:
 
     # -- step parts --------------------------------------------------------------
     def _reset(self) -> None:
-        self.rows, self.backend, self.logits, self.col = [], None, None, 0
+        # The backend (its cache buffer) is kept for the next request: a server's batch
+        # empties and refills all the time, and allocating the buffer costs more than a step.
+        self.rows, self.logits, self.col = [], None, 0
 
     def _pick(self) -> torch.Tensor:
         """One sampled token per cache row (dead rows' picks are ignored)."""
         logits = self.logits
-        for k, r in enumerate(self.rows):  # e.g. no EOS right after </think>: the answer is never empty
-            if r.finish is None and r.forcer is not None and (ban := r.forcer.banned()):
-                logits[k, list(ban)] = -float("inf")
-        u = torch.tensor([float(r.u[len(r.ids)]) if r.finish is None else 0.0 for r in self.rows])
+        ban_rows, ban_ids, u = [], [], []
         groups: dict[tuple[float, float], list[int]] = {}
         for k, r in enumerate(self.rows):
             groups.setdefault((r.params.temperature, r.params.top_p), []).append(k)
+            if r.finish is not None:
+                u.append(0.0)
+                continue
+            u.append(r.u[len(r.ids)])
+            if r.forcer is not None and (ban := r.forcer.banned()):  # e.g. no EOS right after </think>
+                ban_rows.extend([k] * len(ban))
+                ban_ids.extend(ban)
+        if ban_rows:  # one indexing op for the whole batch, not one per row
+            logits[ban_rows, ban_ids] = -float("inf")
+        u = torch.tensor(u)
         if len(groups) == 1:
             ((temp, top_p),) = groups
             return pick_tokens(logits, u, temp, top_p)
@@ -398,15 +414,17 @@ class Batch:
         return tokens
 
     def _emit(self, tokens: torch.Tensor) -> list[Token]:
-        """Apply forcing and the stop rules to each running row's token; record finished rows."""
-        events = []
+        """Apply forcing and the stop rules to each running row's token; record finished rows.
+        `tokens` is updated in place: the model sees the forced token, not the sampled one."""
+        events, picked, forced = [], tokens.tolist(), {}
         for k, r in enumerate(self.rows):
             if r.finish is not None:
                 continue
-            tk = int(tokens[k])
+            tk = picked[k]
             if r.forcer is not None:
                 tk = r.forcer.next(tk)
-                tokens[k] = tk  # the model sees the forced token, not the sampled one
+                if tk != picked[k]:
+                    forced[k] = tk
             r.ids.append(tk)
             if tk == self.e.eos_id:
                 r.finish = "eos"
@@ -417,6 +435,8 @@ class Batch:
             events.append(Token(r.rid, r.j, tk, r.finish))
             if r.finish is not None:
                 self.finished.append(self.e._sample(r.rid, r.j, r.prompt, r.ids, r.finish))
+        if forced:
+            tokens[list(forced)] = torch.tensor(list(forced.values()))
         return events
 
     def _admit(self) -> None:
@@ -434,7 +454,7 @@ class Batch:
         new = [r for g in groups for r in g]
         self.forward_calls += 1
         if not self.rows:
-            self.backend = self.e._backend()
+            self.backend = self.backend or self.e._backend()
             self.logits = self.backend.prefill(ids, mask, pos, Lp + max(g[0].limit for g in groups),
                                                expand, self.max_rows)
             self.rows, self.col = new, Lp
@@ -478,15 +498,26 @@ class _FastBackend:
         return view
 
     def prefill(self, ids, mask, pos, max_len, expand, max_rows=None):
+        """First rows of an empty batch; a buffer left by earlier rows is reused when it is big enough."""
         rows = len(expand)
-        self.buf, self.n = self.dec.new_cache(max(rows, max_rows or 0), max_len), 0
+        if self.buf is None or self.buf.valid.size(0) < rows or self.buf.valid.size(1) < max_len:
+            self.buf = self.dec.new_cache(max(rows, max_rows or 0), max_len)
+        self.n = 0
         return self._prefill_at(ids, mask, pos, start=0, expand=expand)
 
     def _prefill_at(self, ids, mask, pos, start, expand):
         """Prefill the prompts into rows n.. at columns start.., then repeat each per `expand`."""
-        lo, P = self.n, ids.size(0)
+        lo, (P, L) = self.n, ids.shape
         self.buf.valid[lo:lo + len(expand)] = False  # the rows may hold a finished row's keys
-        logits = self.dec.forward(ids, pos, self._rows(lo, lo + P), start=start, valid=mask.bool())
+        if start == 0:
+            logits = self.dec.forward(ids, pos, self._rows(lo, lo + P), start=0, valid=mask.bool())
+        else:  # prefill in a cache of its own, then copy in: its attention spans the prompt, not `start` columns
+            own = self.dec.new_cache(P, L)
+            logits = self.dec.forward(ids, pos, own, start=0, valid=mask.bool())
+            for dst, src in ((self.buf.k, own.k), (self.buf.v, own.v)):
+                for d, x in zip(dst, src):
+                    d[lo:lo + P, :, start:start + L] = x
+            self.buf.valid[lo:lo + P, start:start + L] = own.valid
         self.n = lo + P
         if len(expand) > P:
             self._copy(lo + expand, lo)
@@ -494,17 +525,20 @@ class _FastBackend:
         self.n = lo + len(expand)
         return logits
 
-    def _copy(self, src: torch.Tensor, dst: int) -> None:
-        """Rows `src` (in that order, repeats allowed) become rows dst.. (through a copy: they may overlap)."""
-        hi = dst + len(src)
+    def _copy(self, src: torch.Tensor, dst: int, cols: int | None = None, trim: int = 0) -> None:
+        """Rows `src` (in that order, repeats allowed) become rows dst.. (through a copy: they may overlap),
+        their columns trim..cols-1 moved to 0..cols-trim-1. Later columns are written before they are read."""
+        hi, c = dst + len(src), cols or self.buf.valid.size(1)
         for bufs in (self.buf.k, self.buf.v):
             for b in bufs:
-                b[dst:hi] = b[src]
-        self.buf.valid[dst:hi] = self.buf.valid[src]
+                b[dst:hi, :, :c - trim] = b[src, :, trim:c]
+        self.buf.valid[dst:hi, :c - trim] = self.buf.valid[src, trim:c]
 
-    def select(self, keep):
-        self._copy(keep, 0)
+    def select(self, keep, cols: int | None = None, trim: int = 0) -> int:
+        """Keep rows `keep`, dropping the first `trim` columns; returns the columns dropped."""
+        self._copy(keep, 0, cols, trim)
         self.n = len(keep)
+        return trim
 
     def step(self, tokens, pos, start):
         return self.dec.forward(tokens[:, None], pos[:, None], self.cache, start=start)
@@ -517,11 +551,16 @@ class _FastBackend:
             kept = list(range(self.n))
             return self._prefill_at(ids, mask, pos, col - Lp, expand), kept, col, 0
         used = col - trim
+        keep = torch.tensor(live, dtype=torch.long)
+        if Lp <= used and len(live) + need <= rows_cap and used + room <= cols_cap:
+            # it fits once finished rows and unused leading columns are gone: drop them in place
+            self.select(keep, col, trim)
+            return self._prefill_at(ids, mask, pos, used - Lp, expand), live, used, -trim
         new_col = max(used, Lp)
         width = new_col + room
-        old, keep = self.buf, torch.tensor(live, dtype=torch.long)
-        # Spare room, so that the next joins happen in place: up to twice the rows, half again the columns.
-        self.buf = self.dec.new_cache(max(rows_cap, 2 * (len(live) + need)), width + max(32, width // 2))
+        old = self.buf
+        # Spare room, so that the next joins happen in place: twice the rows and the columns needed.
+        self.buf = self.dec.new_cache(max(rows_cap, 2 * (len(live) + need)), width + max(64, width))
         for dst, src in ((self.buf.k, old.k), (self.buf.v, old.v)):
             for d, s in zip(dst, src):
                 d[:len(live), :, new_col - used:new_col] = s[keep, :, trim:col]
@@ -545,9 +584,11 @@ class _HFBackend:
             logits = logits[expand]
         return logits
 
-    def select(self, keep):
+    def select(self, keep, cols: int | None = None, trim: int = 0) -> int:
+        """Keep rows `keep`; no columns are dropped (an HF cache is not trimmed here): returns 0."""
         self.cache.batch_select_indices(keep)
         self.mask = self.mask[keep]
+        return 0
 
     def step(self, tokens, pos, start):
         self.mask = torch.cat([self.mask, torch.ones((len(tokens), 1), dtype=torch.long)], dim=1)

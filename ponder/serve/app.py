@@ -1,4 +1,4 @@
-"""`ponder serve MODEL`: an OpenAI- and Anthropic-compatible HTTP server for a ponder model.
+"""`ponder serve MODEL`: an OpenAI-, Anthropic- and Gemini-compatible HTTP server for a ponder model.
 
     ponder serve tiny --port 8000 [--api-key KEY] [--max-batch 64] [--reasoning visible|hidden|summary]
 
@@ -20,6 +20,7 @@ import argparse
 import hmac
 import json
 import os
+import sys
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -169,6 +170,9 @@ def main(argv: list[str]) -> int:
     import uvicorn
     app, service = build(cfg)
     key = "required" if (cfg.api_key or os.environ.get("PONDER_API_KEY")) else "none"
+    if key == "none" and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"ponder serve: warning: listening on {cfg.host} with no API key: anyone who can reach it "
+              f"can use it (set --api-key or $PONDER_API_KEY)", file=sys.stderr)
     print(json.dumps({"serving": service.name, "url": f"http://{cfg.host}:{cfg.port}", "api_key": key}), flush=True)
     try:
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

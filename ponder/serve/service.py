@@ -19,6 +19,11 @@ from ponder.serve.worker import Busy, Job, Worker
 from ponder.core.think import THINK_OPEN
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks its client is still there
+# With many streams open, each stream sends what arrived within COALESCE_S as one chunk
+# instead of one chunk per token: a socket send costs more CPU than a decode step's share
+# of a token, and the CPU saved goes to decoding (bench/bench_serve.py). A reader cannot
+# tell 10 ms apart; with few streams nothing waits.
+COALESCE_FROM, COALESCE_S = 8, 0.01
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Service:
         self.context = int(getattr(conf, "max_position_embeddings", 0) or 2048)
         self.thinks = None not in engine.think_ids  # budgets need single <think> and </think> tokens
         self.worker = Worker(engine, cfg.max_batch, cfg.max_queue)
+        self.streams = 0  # streaming responses open now
 
     def close(self) -> None:
         self.worker.close()
@@ -174,16 +180,21 @@ class Service:
         job = plan.job
         ids: list[list[int]] = [[] for _ in range(job.rows)]
         splits = [StreamSplit(plan.opened, plan.stops) for _ in range(job.rows)]
-        left = job.rows
+        left, sent = job.rows, False
+        self.streams += 1
         try:
             while left:
                 items = [await job.queue.get()]
+                if sent and self.streams >= COALESCE_FROM:
+                    await asyncio.sleep(COALESCE_S)
                 while not job.queue.empty():
                     items.append(job.queue.get_nowait())
                 for delta in self._deltas(items, ids, splits):
                     left -= delta.sample is not None
+                    sent = sent or bool(delta.reasoning or delta.content)
                     yield delta
         finally:
+            self.streams -= 1
             if left:
                 self.worker.cancel(job)
 
