@@ -269,3 +269,16 @@ def test_a_task_reference_must_name_an_earlier_data_stage(tmp_path):
     recipe.write_text(PIPELINE.replace('data = "@data"', 'data = "@base"'))
     with pytest.raises(ConfigError, match=r"task '@base' must name an earlier data stage; valid: @data"):
         run_pipeline(recipe, tmp_path / "run")
+
+
+def test_report_counts_exact_match_and_fields_per_slice(tmp_path):
+    (tmp_path / "pipeline.json").write_text(json.dumps({"stages": ["data", "m"]}))
+    (tmp_path / "m").mkdir()
+    samples = [{"correct": True, "score": 1.0, "info": {"layout": "email", "amounts": "printed"}},
+               {"correct": False, "score": 3 / 7, "info": {"layout": "ocr", "amounts": "printed"}}]
+    (tmp_path / "m" / "eval.json").write_text(json.dumps({"samples": samples}))
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps({"seconds": 120, "cpu_seconds": 60}))
+    table = inv.report(tmp_path)
+    assert "| m (2.0 min wall, 1.0 CPU min) | all | 0.500 [0.09, 0.91] / 0.714 [0.45, 0.88] (n=2) |" in table
+    assert "| | layout=ocr | 0.000 [0.00, 0.79] / 0.429 [0.16, 0.75] (n=1) |" in table
+    assert "data" not in table  # a stage without an evaluation has no row
