@@ -6,7 +6,8 @@ Public API:
 - `Engine.generate(prompts, n=1, params=SamplingParams(), seed=0, max_tokens=None) -> list[list[Sample]]`:
   `n` samples for each prompt; `Engine.generate_ids(prompt_ids, n, params, seeds, limits) -> list[Sample]`
   is the same over token ids with explicit per-row seeds.
-- Step-wise, for continuous batching (`ponder serve`): `batch = Engine.batch()`, then
+- Step-wise, for continuous batching (`ponder serve`): `batch = Engine.batch(max_rows=None, trim=False)`
+  (`max_rows`: rows to make room for up front; `trim`: drop columns no running row uses), then
   - `batch.add(prompt_ids, params, seeds, max_tokens=None) -> int`: queue a request with one
     sample per seed (seeds from `row_seed`); it joins the running rows at the next step; returns its id;
   - `batch.step() -> list[Token]`: admit waiting requests (one batched prefill), then one decode step
