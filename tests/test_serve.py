@@ -232,8 +232,9 @@ def test_anthropic_stream_events(claude, server):
     body = {"model": "tiny", "max_tokens": 64, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 32},
             "messages": [{"role": "user", "content": Q}]}
     seen_thinking = False
-    for _ in range(12):  # until a sample thinks (about one in five does)
-        with claude.messages.stream(**{k: v for k, v in body.items() if k != "stream"}) as stream:
+    for seed in range(32):  # until a sample thinks (about one in three does on Q)
+        with claude.messages.stream(**{k: v for k, v in body.items() if k != "stream"},
+                                    extra_body={"seed": seed}) as stream:
             events = [e.type for e in stream if e.type in (
                 "message_start", "content_block_start", "content_block_stop", "message_delta", "message_stop")]
             final = stream.get_final_message()
@@ -244,7 +245,7 @@ def test_anthropic_stream_events(claude, server):
             assert events[1:-2] == ["content_block_start", "content_block_stop"] * 2
             break
     assert seen_thinking
-    raw = httpx.post(server.url + "/v1/messages", headers={"x-api-key": KEY}, json=body).text
+    raw = httpx.post(server.url + "/v1/messages", headers={"x-api-key": KEY}, json={**body, "seed": seed}).text
     kinds = [json.loads(x.split("data: ", 1)[1])["type"] for x in raw.split("\n\n") if x.strip()]
     deltas = [json.loads(x.split("data: ", 1)[1]).get("delta", {}).get("type") for x in raw.split("\n\n") if x.strip()]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"

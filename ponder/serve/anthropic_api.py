@@ -9,7 +9,8 @@ then text_delta) / _stop, then message_delta (stop reason, usage) and
 message_stop. `usage.output_tokens` counts thinking and answer;
 `usage.output_tokens_details.thinking_tokens` the thinking alone (the tokens
 between `<think>` and `</think>`, the count a budget caps).
-`thinking.display: omitted` hides the thinking (counted, not returned).
+`thinking.display: omitted` hides the thinking (counted, not returned). `seed`
+(ponder's extension, sent by clients as an extra body field) makes a reply reproducible.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def plan_messages(svc: Service, body: MessagesRequest) -> Plan:
         messages.insert(0, ("system", text_of(body.system)))
     stops = tuple(s for s in body.stop_sequences or () if s)
     omitted = body.thinking is not None and getattr(body.thinking, "display", None) == "omitted"
-    return svc.plan(messages, budget, body.max_tokens, "max_tokens", body.temperature, body.top_p, stops, 1, None,
-                    False if omitted else body.include_reasoning)
+    return svc.plan(messages, budget, body.max_tokens, "max_tokens", body.temperature, body.top_p, stops, 1,
+                    body.seed, False if omitted else body.include_reasoning)
 
 
 def stop_reason(sample, stops: tuple[str, ...]) -> tuple[str, str | None]:

@@ -82,6 +82,7 @@ class MessagesRequest(_Strict):
     stop_sequences: list[str] | None = Field(None, max_length=MAX_STOP)
     stream: bool = False
     include_reasoning: bool | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)  # ponder's extension: same seed, same tokens
 
 
 def text_of(content) -> str:
