@@ -448,7 +448,9 @@ def _policy(cfg: RLConfig, checkpoint: Path | None = None):
         if checkpoint is not None:  # LoRA checkpoints hold the adapter; the base comes from cfg.model
             model = lora.load_adapter_checkpoint(model, checkpoint)
         elif cfg.lora_rank:
-            model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+            with torch.random.fork_rng():  # the adapters' init follows the run's seed, nothing else
+                torch.manual_seed(cfg.seed)
+                model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     plain = lora.plain_model(model)
     if cfg.precision == "bf16" and hasattr(plain, "set_attn_implementation"):
         # CPU flash attention's bf16 backward is slower than eager attention at RL lengths
@@ -488,7 +490,7 @@ def setup(cfg: RLConfig, resume: bool, log_prefix: str = "") -> tuple[Learner, o
     tok = load_tokenizer(cfg.model)
     if not resume:
         return _learner(_policy(cfg), cfg), tok, 0
-    last, state = ckpt.load_latest(Path(cfg.out) / "checkpoints", ckpt.load_state)
+    last, state = ckpt.load_latest(Path(cfg.out) / "checkpoints", ckpt.load_state, say=lambda s: print(log_prefix + s))
     learner = _learner(_policy(cfg, last), cfg)
     if learner.value_head is not None:
         learner.value_head.load_state_dict(state["value_head"])
