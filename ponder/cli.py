@@ -13,7 +13,7 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "quickstart": ("ponder.commands.quickstart:main", "tiny base -> eval -> GRPO from scratch (R1-Zero) -> eval -> report"),
     "pretrain": ("ponder.stages.pretrain:main", "build the built-in tiny base model from a synthetic corpus"),
-    "train": ("ponder.rl.train:main", "run GRPO (or a family variant) on a task from a recipe"),
+    "train": ("ponder.commands.train:main", "run GRPO (or a family variant) on a task from a recipe"),
     "eval": ("ponder.inference.evaluate:main", "pass@1, pass@k, maj@k and thinking length on a held-out split"),
     "compare": ("ponder.inference.compare:main", "paired accuracy difference of two `ponder eval --out` files, with a 95% interval"),
     "report": ("ponder.commands.report:main", "write an HTML page with plots for a run directory"),
@@ -21,7 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "make-data": ("ponder.commands.make_data:main", "write a task's data as JSONL (invoices, code problems, humaneval)"),
     "tasks": ("ponder.commands.tasks:main", "list the built-in tasks, reasoning-gym datasets, and how to bring your own"),
     "verify": ("ponder.commands.verify:main", "run a verifier on given answers and print verdicts (math, code, json, task)"),
-    "probe": ("ponder.verifiers.probe:main", "attack a task's verifier with degenerate answers; report any that score > 0"),
+    "probe": ("ponder.tasks.probe:main", "attack a task's verifier with degenerate answers; report any that score > 0"),
     "sft": ("ponder.stages.sft:main", "supervised fine-tuning on (prompt, completion) traces, loss on the completion only"),
     "collect": ("ponder.stages.collect:main", "rejection sampling: keep a model's verifier-accepted samples as JSONL traces"),
     "distill": ("ponder.stages.sft:distill_main", "train a smaller student (fresh or a small base) on a teacher's traces"),

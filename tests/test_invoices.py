@@ -14,7 +14,7 @@ from ponder.tasks import invoices as inv
 from ponder.tasks.chat import ChatTask
 from ponder.tasks.jsonl import JsonlTask
 from ponder.tasks.spec import TemplatedTask
-from ponder.verifiers.probe import probe_task
+from ponder.tasks.probe import probe_task
 
 REPO = Path(__file__).resolve().parent.parent
 GRADER = REPO / "recipes" / "invoice_grader.toml"

@@ -116,7 +116,8 @@ def test_long_function_check_sees_one():
     assert long_functions(limit=3), "a 3-line limit must flag functions"
 
 
-LAYERS = ("core", "models", "engine", "tasks", "verifiers", "rl", "stages", "inference", "commands")
+# bottom to top: a layer may import only the layers before it in this list
+LAYERS = ("core", "models", "engine", "verifiers", "tasks", "rl", "inference", "stages", "serve", "commands")
 
 
 @pytest.mark.parametrize("layer", LAYERS)
@@ -135,3 +136,21 @@ def test_ground_floor_imports_nothing_above_it():
     up = {m: {t for t in ts if not t.startswith("ponder.core") and t != "ponder"}
           for m, ts in graph.items() if m.startswith("ponder.core")}
     assert {m: ts for m, ts in up.items() if ts} == {}
+
+
+def layer_violations() -> list[str]:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    out = []
+    for mod, targets in import_graph().items():
+        parts = mod.split(".")
+        if len(parts) < 3 or parts[1] not in rank:
+            continue
+        for t in targets:
+            tp = t.split(".")
+            if len(tp) >= 3 and tp[1] in rank and rank[tp[1]] > rank[parts[1]]:
+                out.append(f"{mod} imports {t} (a higher layer)")
+    return sorted(out)
+
+
+def test_layers_import_only_lower_layers():
+    assert layer_violations() == []

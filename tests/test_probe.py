@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ponder.verifiers.probe import PROBES, main, probe_task, sanity_check
+from ponder.tasks.probe import PROBES, main, probe_task, sanity_check
 from ponder.tasks import TASKS, get_task
 from ponder.core.think import answer_text
 from ponder.tasks.base import Example, Task

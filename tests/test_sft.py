@@ -134,7 +134,7 @@ def test_fresh_student_and_train_dispatch(setup, tmp_path):
     recipe = tmp_path / "sft.toml"
     recipe.write_text(f'kind = "sft"\ndata = "{data}"\nstudent = "hidden_size=16 layers=1 heads=2 mlp_ratio=2"\n'
                       f'out = "{tmp_path / "student"}"\nepochs = 1\nbatch_size = 4\nprogress = false\n')
-    from ponder.rl.train import main
+    from ponder.commands.train import main
     assert main([str(recipe)]) == 0
     cfg = json.loads((tmp_path / "student" / "config.json").read_text())
     assert cfg["init"].startswith("fresh student") and cfg["total_steps"] == 2 and cfg["params"] < 20_000

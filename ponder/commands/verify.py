@@ -123,7 +123,7 @@ def _code(argv: list[str]) -> int:
 
 
 def _task(argv: list[str]) -> int:
-    from ponder.verifiers.probe import parse_task_args
+    from ponder.tasks.probe import parse_task_args
 
 
     p = argparse.ArgumentParser(prog="ponder verify task", description="Completions checked by a task's verifier.")

@@ -30,7 +30,7 @@ from ponder.core.lock import run_lock
 from ponder.models import lora
 from ponder.core import config as C
 from ponder.tasks.spec import TaskFields, is_file_task, make_task, sandbox_lines
-from ponder.verifiers.probe import refuse_gameable
+from ponder.tasks.probe import refuse_gameable
 from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.models.decoder import supports
 from ponder.engine.engine import Engine, Sample, SamplingParams, rollout_copy
@@ -578,14 +578,6 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    # A recipe with `kind = "sft"` at the top level is an SFT stage; anything else is RL.
-    recipe = next((a for a in argv if a.endswith(".toml") and Path(a).is_file()), None)
-    kind = C.load_toml(recipe).get("kind", "rl") if recipe else "rl"
-    if kind not in ("rl", "sft"):
-        raise ConfigError(f"recipe {recipe!r}: kind = {kind!r} is not valid for `ponder train`; choose one of: rl, sft")
-    if kind == "sft":
-        from ponder.stages.sft import main as sft_main
-        return sft_main(argv)
     ap = argparse.ArgumentParser(prog="ponder train", description="GRPO on a task (R1-Zero style: no SFT needed); "
                                  "a recipe with kind = \"sft\" runs `ponder sft` instead.")
     ap.add_argument("recipe", nargs="?", help="TOML recipe with RLConfig keys (top level or [train])")

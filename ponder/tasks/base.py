@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Mapping
 
 from ponder.core.think import THINK_CLOSE, THINK_OPEN, answer_text, format_score, thinking_text  # noqa: F401
+from ponder.core.example import Example
 from ponder.core.verdict import Verdict
 
 SPLITS = ("train", "test")
 TEST_SHARE = 0.2  # fraction of the problem space that belongs to the test split
-
-
-@dataclass(frozen=True)
-class Example:
-    id: str  # stable id, unique within a task
-    prompt: str  # what the model sees
-    answer: str  # gold answer, as text
-    difficulty: int = 1  # task-specific level, higher is harder
-    info: Mapping[str, Any] = field(default_factory=dict)  # task-specific data
 
 
 def split_of(key: str) -> str:

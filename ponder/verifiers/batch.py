@@ -5,7 +5,15 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from ponder.core.verdict import Verdict, invalid
-from ponder.tasks.base import Example, Task
+from typing import Protocol
+
+from ponder.core.example import Example
+
+
+class Task(Protocol):
+    """Anything with a verifier (a `ponder.tasks.base.Task`)."""
+
+    def verify(self, completion: str, example: Example) -> Verdict: ...
 
 VERIFY_THREADS = 8  # threads only wait: math checks run in worker processes, code in sandboxes
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Protocol
 
 from ponder.core.config import ConfigError, build, check_choices, load_toml, option
 from ponder.core.think import answer_text
-from ponder.tasks.base import Example
+from ponder.core.example import Example
 from ponder.core.verdict import Verdict, correct, invalid, wrong
 from ponder.verifiers.sandbox import BACKENDS as SANDBOXES
 
