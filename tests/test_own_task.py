@@ -163,6 +163,10 @@ def test_bad_template_and_grader_files(own, tmp_path):
         build_task(own["task"], "", str(broken))
     with pytest.raises(ConfigError, match="unknown grader kind 'numerik'; valid kinds: string"):
         build_task(own["task"], "", {"kind": "numerik"})
+    wrong_kind = tmp_path / "wrong_kind.toml"
+    wrong_kind.write_text('[grader]\nkind = "numerik"\n')
+    with pytest.raises(ConfigError, match=r"wrong_kind.toml: unknown grader kind 'numerik'"):
+        build_task(own["task"], "", str(wrong_kind))
 
 
 def test_an_answer_that_breaks_the_graders_schema_names_its_line(tmp_path):

@@ -71,7 +71,10 @@ def make_grader(grader: Any, base_dir: Path = Path(".")) -> Grader:
     if isinstance(grader, (str, Path)):
         text = str(grader)
         if text.endswith(".toml"):
-            return load_grader(text)
+            try:
+                return load_grader(text)
+            except ConfigError as e:  # say which file, once
+                raise ConfigError(str(e) if text in str(e) else f"grader {text}: {e}") from None
         if ":" in text:
             return PythonGrader(text, load_function(text, base_dir))
     raise ConfigError(f"grader {grader!r} is not a spec table, a .toml file or 'module:function'")
