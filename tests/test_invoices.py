@@ -256,6 +256,8 @@ def test_a_pipeline_generates_its_data_and_trains_on_it(tmp_path):
     assert by["base"]["accuracy"] == 0.0 and by["base"]["accuracy_ci"][0] == 0.0
     assert set(by["sft"]["by_info"]["layout"]) <= set(inv.HELD_OUT_LAYOUTS)
     assert all(r["minutes"] is not None and r["cpu_minutes"] is not None for r in by.values())
+    from ponder.stages.pipeline import lineage
+    assert f"task {out / 'data' / 'all.jsonl'} [" in lineage(out)
     assert run_pipeline(recipe, out) == {"data": "skipped", "base": "skipped", "sft": "skipped"}
     # new data makes every stage that reads it stale
     recipe.write_text(PIPELINE_.replace("train = 12", "train = 13"))

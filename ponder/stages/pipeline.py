@@ -453,6 +453,8 @@ def lineage(run_dir: str | Path) -> str:
         elif m["kind"] == "distill":
             src.append(f"fresh student ({m['config']['student']})")
         src += [f"data {d['path']} [{d['sha256'][:10]}]" for d in m["inputs"]["data"]]
+        if m["inputs"].get("task"):  # a task file, e.g. a data stage's
+            src.append(f"task {m['inputs']['task']['path']} [{m['inputs']['task']['sha256'][:10]}]")
         if m.get("model"):
             models.setdefault(m["model"], name)  # after naming the parent: an eval stage's parent is its own model
         line = f"{name} ({m['kind']}) <- " + (", ".join(src) or "-")
