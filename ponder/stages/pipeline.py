@@ -395,8 +395,13 @@ def _resumable(stage: Stage, stage_dir: Path) -> bool:
     started = stage_dir / "inputs.json"
     if started.is_file() and json.loads(started.read_text()) != inputs_of(stage):
         return False
-    last = ckpt.latest(stage_dir / "checkpoints")
-    return last is None or ckpt.load_state(last).get("config") == asdict(stage.config)
+    if ckpt.latest(stage_dir / "checkpoints") is None:
+        return True
+    try:  # the newest checkpoint that loads (a damaged one is skipped, as the stage's resume will)
+        _, state = ckpt.load_latest(stage_dir / "checkpoints", ckpt.load_state, say=lambda s: None)
+    except ConfigError:
+        return False  # none loads: start the stage again
+    return state.get("config") == asdict(stage.config)
 
 
 def summarize(pc: PipelineConfig, stages: list[Stage], out: Path) -> dict:
