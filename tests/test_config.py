@@ -49,3 +49,19 @@ def test_cli_unknown_verb_and_help(capsys):
 def test_cli_bad_value_is_a_clean_error(capsys, tmp_path):
     assert cli_main(["train", "--advantage", "nope", "--out", str(tmp_path)]) == 2
     assert "choose one of: grpo, rloo" in capsys.readouterr().err
+
+
+def test_a_missing_optional_package_names_the_extra(monkeypatch, capsys):
+    import importlib
+
+    import ponder.cli as cli
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == "ponder.serve.app":
+            raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(cli.importlib, "import_module", fake)
+    assert cli_main(["serve", "tiny"]) == 2
+    assert "pip install 'ponder[serve]'" in capsys.readouterr().err
