@@ -154,6 +154,11 @@ def test_bad_lines_name_file_line_and_field(tmp_path, line, message):
         build_task(str(data), "", {"kind": "numeric"})
 
 
+def test_eval_data_must_be_a_jsonl_file(own):
+    with pytest.raises(ConfigError, match=r"EvalConfig.data = 'held_out.csv' must be a .jsonl file"):
+        EvalConfig(**own, data="held_out.csv")
+
+
 def test_bad_template_and_grader_files(own, tmp_path):
     with pytest.raises(ConfigError, match=r"has no \{prompt\} slot"):
         build_task(own["task"], "", own["grader"], template="Extract the fields.")

@@ -46,6 +46,9 @@ class EvalConfig(RunFields, TaskFields):
         check_choices(self)
         if self.problems < 1 or self.samples < 1 or self.chunk < 1:
             raise ConfigError(f"problems, samples and chunk must be >= 1; got {self.problems}, {self.samples}, {self.chunk}")
+        if self.data and not self.data.endswith(".jsonl"):
+            raise ConfigError(f"EvalConfig.data = {self.data!r} must be a .jsonl file of {{prompt, answer}} lines "
+                              f"(the task's format), evaluated with the task's grader and template")
 
 
 def eval_task(cfg: EvalConfig) -> Task:
