@@ -37,6 +37,7 @@ from ponder.engine.engine import Engine, Sample, SamplingParams, rollout_copy
 from ponder.rl.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_advantages, informative_groups,
                          kl_k3, length_rewards)
 from ponder.core.metrics import peak_rss_gb, rollout_metrics
+from ponder.core.timing import Phases
 from ponder.models.model import load_model, load_tokenizer, save_model
 from ponder.core.loop import TrainingLoop
 from ponder.core.think import format_score
@@ -114,6 +115,13 @@ class RLConfig(RunFields, TaskFields):
     micro_batch_tokens: int = option(-1, "also cap a chunk's rows x padded length at this many tokens; "
                                      "-1 = from the model's size (activations grow with tokens x hidden x "
                                      "layers: a full SmolLM2-135M step stays under 6 GB), 0 = no cap")
+    skip_zero_advantage: bool = option(True, "exact speed-up: no forward/backward for rows whose advantage is "
+                                       "exactly 0 (zero-variance groups) or that have no loss tokens, where "
+                                       "that leaves the gradient unchanged (see `skippable_rows`); the loss "
+                                       "normaliser still counts every row")
+    reuse_logprobs: bool = option(True, "exact speed-up: the old log-probs of the first minibatch come from its "
+                                  "own first forward (detached, ratio = 1 exactly) instead of a separate pass, "
+                                  "so an on-policy single-epoch, single-minibatch update runs no extra pass")
     lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning); needs the peft package")
     lora_alpha: float = option(32.0, "LoRA scaling numerator (scale = alpha / rank)")
     lora_targets: str = option("all-linear", "modules that get adapters: all-linear or names like q_proj,v_proj")
@@ -316,84 +324,151 @@ CHUNK_WEIGHTS = {
 
 
 @torch.no_grad()
-def chunked_logprobs(model, batch: "RLBatch", micro_batch: int, precision: str, max_tokens: int = 0) -> torch.Tensor:
-    """(B, L-1) completion log-probs of the whole batch, one `row_chunks` chunk at a time."""
+def chunked_logprobs(model, batch: "RLBatch", micro_batch: int, precision: str, max_tokens: int = 0,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L-1) completion log-probs of `rows` (default: the whole batch; zeros elsewhere),
+    one `row_chunks` chunk at a time."""
     B, L = batch.ids.shape
-    out = torch.zeros((B, L - 1))
-    for rows in row_chunks(torch.arange(B), batch.attn.sum(1), micro_batch, max_tokens):
-        ids, attn, comp = trimmed(batch, rows)
+    out = torch.zeros((B, L - 1), device=batch.ids.device)
+    lengths = batch.attn.sum(1).cpu()
+    for chunk in row_chunks(torch.arange(B) if rows is None else rows, lengths, micro_batch, max_tokens):
+        ids, attn, comp = trimmed(batch, chunk)
         with autocast(precision):
             logp, _, _ = completion_logprobs(model, ids, attn, comp)
-        out[rows, : logp.size(1)] = logp
+        out[chunk, : logp.size(1)] = logp
     return out
 
 
+def skippable_rows(batch: "RLBatch", cfg: RLConfig, entropy_coef: float) -> torch.Tensor:
+    """(B,) bool: rows whose forward/backward cannot change the update (`skip_zero_advantage`).
+
+    A row without loss tokens (an invalid verdict, masked out) never can. A row whose
+    advantage is exactly 0 (every row of a zero-variance GRPO/RLOO group) adds
+    -min(r * 0, clip(r) * 0) = 0 to the surrogate at any ratio r, so a zero gradient, in any
+    epoch -- but only while nothing else in its per-token loss depends on it. It does not
+    hold, and such rows are trained, with a KL term (kl_coef > 0), an entropy bonus (a weight
+    > 0, or adaptive entropy control: its next weight reads the measured entropy), or PPO
+    (advantage = gae: per-token advantages and a value loss on every row). The aggregation's
+    normaliser (the minibatch's token or row count, `CHUNK_WEIGHTS`) still counts the skipped
+    rows, so the loss and its gradient are those of the full minibatch. Token-averaged
+    metrics (entropy, KL) then cover the rows trained on."""
+    if not cfg.skip_zero_advantage:
+        return torch.zeros(batch.comp.size(0), dtype=torch.bool)
+    empty = batch.comp.sum(1) == 0
+    if cfg.advantage == "gae" or batch.adv.dim() != 1 or cfg.kl_coef > 0 or entropy_coef > 0 or cfg.entropy_target > 0:
+        return empty
+    return empty | (batch.adv == 0)
+
+
+def old_logprobs(model, batch: "RLBatch", cfg: RLConfig, first_minibatch: torch.Tensor, trained: torch.Tensor,
+                 max_tokens: int) -> torch.Tensor | None:
+    """(B, L-1) log-probs of the policy that sampled, from a separate pass, or None when no row needs one.
+
+    The rows of the first minibatch meet the policy before any optimizer step: with
+    `reuse_logprobs` their old log-probs are their own first forward's, detached (filled in
+    by `minibatch_gradients`; ratio = 1 exactly), so one epoch of one minibatch -- on-policy
+    GRPO -- runs no pass at all. (The rollout's own log-probs would not do: rollouts sample
+    from a bf16 copy with ponder's decoder, whose numbers differ slightly from the update's.)"""
+    if cfg.reuse_logprobs and cfg.epochs == 1 and cfg.minibatches == 1:
+        return None
+    need = trained.clone()
+    if cfg.reuse_logprobs:
+        need[first_minibatch] = False
+    return chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, max_tokens, need.nonzero()[:, 0])
+
+
+def minibatch_gradients(model, batch: "RLBatch", mb: torch.Tensor, trained: torch.Tensor, cfg: RLConfig, aggregate,
+                        value_head, entropy_coef: float, old_logp, ref_logp, fill_old: bool) -> dict:
+    """Accumulate the gradient of minibatch `mb`'s loss over row chunks of its rows in `trained`
+    (weighted by `CHUNK_WEIGHTS` against all of `mb`); returns the sums its metrics come from.
+    With `fill_old`, each chunk's detached log-probs become its rows' old log-probs."""
+    mask_mb, lengths = batch.comp[mb], batch.attn.sum(1).cpu()
+    weight = CHUNK_WEIGHTS[cfg.loss_agg]
+    sums = dict.fromkeys(("loss", "clip_frac", "entropy", "kl", "value_loss", "tokens", "padded_tokens", "seen"), 0.0)
+    for rows in row_chunks(mb[trained[mb]], lengths, cfg.micro_batch, chunk_tokens(model, cfg.micro_batch_tokens)):
+        ids, attn, mask = trimmed(batch, rows)
+        T = mask.size(1)
+        with autocast(cfg.precision):
+            logp, entropy, values = completion_logprobs(model, ids, attn, mask, value_head, entropy_coef > 0,
+                                                        cfg.value_detach)
+        old = logp.detach() if old_logp is None or fill_old else old_logp[rows, :T]
+        if fill_old and old_logp is not None:
+            old_logp[rows, :T] = old
+        a = batch.adv[rows] if batch.adv.dim() == 1 else batch.adv[rows, :T]
+        per_tok, clipped = clipped_policy_loss(logp, old, a, cfg.clip_low, cfg.clip_high)
+        if values is not None:  # PPO's critic, trained on the same tokens
+            vl = clipped_value_loss(values, batch.old_values[rows, :T], batch.returns[rows, :T], cfg.value_clip)
+            per_tok = per_tok + cfg.value_coef * vl
+            sums["value_loss"] += (vl.detach() * mask).sum().item()
+        if entropy_coef > 0:
+            per_tok = per_tok - entropy_coef * entropy
+        kl = kl_k3(logp, ref_logp[rows, :T]) if ref_logp is not None else None
+        if kl is not None and cfg.kl_coef > 0:
+            per_tok = per_tok + cfg.kl_coef * kl
+        loss = aggregate(per_tok, mask) * weight(mask, mask_mb)
+        if not torch.isfinite(loss):
+            raise FloatingPointError("non-finite loss")
+        loss.backward()
+        with torch.no_grad():
+            sums["loss"] += loss.item()
+            sums["clip_frac"] += (clipped.float() * mask).sum().item()
+            sums["entropy"] += (entropy * mask).sum().item()
+            sums["kl"] += (kl * mask).sum().item() if kl is not None else 0.0
+            sums["seen"] += mask.sum().item()
+            sums["tokens"] += attn.sum().item()
+            sums["padded_tokens"] += attn.numel()
+    return sums
+
+
 def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggregate, value_head=None,
-                  entropy_coef: float = 0.0) -> dict:
+                  entropy_coef: float = 0.0, phases: Phases | None = None) -> dict:
     """Steps 5-7: clipped surrogate (+ optional KL), aggregated, for `epochs` x `minibatches`.
 
     Each minibatch is one optimizer step; its forward/backward runs in chunks of at
     most `micro_batch` rows and `micro_batch_tokens` tokens whose gradients accumulate (weighted by `CHUNK_WEIGHTS`), so
-    peak memory follows the chunk, not the batch.
+    peak memory follows the chunk, not the batch. Rows that cannot change the gradient are
+    skipped (`skippable_rows`); `phases` collects the seconds of log-prob passes, forward/backward
+    and optimizer steps.
     """
-    comp, adv = batch.comp, batch.adv
-    B = comp.size(0)
-    lengths = batch.attn.sum(1)
+    phases = phases if phases is not None else Phases()
+    B = batch.comp.size(0)
     max_tokens = chunk_tokens(model, cfg.micro_batch_tokens)
-    old_logp = (chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, max_tokens)
-                if cfg.epochs > 1 or cfg.minibatches > 1 else None)
-    ref_logp = (chunked_logprobs(ref_model, batch, cfg.micro_batch, cfg.precision, max_tokens)
-                if ref_model is not None else None)
-    weight = CHUNK_WEIGHTS[cfg.loss_agg]
+    trained = ~skippable_rows(batch, cfg, entropy_coef).cpu()  # row bookkeeping stays on the CPU
+    minibatches = list(torch.arange(B).chunk(cfg.minibatches))
+    with phases("logprobs"):
+        old_logp = old_logprobs(model, batch, cfg, minibatches[0], trained, max_tokens)
+        ref_logp = (chunked_logprobs(ref_model, batch, cfg.micro_batch, cfg.precision, max_tokens,
+                                     trained.nonzero()[:, 0]) if ref_model is not None else None)
     params = list(lora.trainable_parameters(model)) + (list(value_head.parameters()) if value_head else [])
-    stats = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0, "value_loss": 0.0}
+    stats = dict.fromkeys(("loss", "clip_frac", "entropy", "kl", "grad_norm", "value_loss"), 0.0)
+    tokens = dict.fromkeys(("update_tokens", "update_padded_tokens"), 0.0)
     n_updates = 0
-    for _ in range(cfg.epochs):
-        for mb in torch.arange(B).chunk(cfg.minibatches):
+    for epoch in range(cfg.epochs):
+        for i, mb in enumerate(minibatches):
             opt.zero_grad(set_to_none=True)
-            mask_mb = comp[mb]
-            denom = mask_mb.sum().clamp_min(1).item()
-            sums = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "value_loss": 0.0}
-            for rows in row_chunks(mb, lengths, cfg.micro_batch, max_tokens):
-                ids, attn, mask = trimmed(batch, rows)
-                T = mask.size(1)
-                with autocast(cfg.precision):
-                    logp, entropy, values = completion_logprobs(model, ids, attn, mask, value_head, entropy_coef > 0,
-                                                                cfg.value_detach)
-                old = old_logp[rows, :T] if old_logp is not None else logp.detach()
-                a = adv[rows] if adv.dim() == 1 else adv[rows, :T]
-                per_tok, clipped = clipped_policy_loss(logp, old, a, cfg.clip_low, cfg.clip_high)
-                if values is not None:  # PPO's critic, trained on the same tokens
-                    vl = clipped_value_loss(values, batch.old_values[rows, :T], batch.returns[rows, :T], cfg.value_clip)
-                    per_tok = per_tok + cfg.value_coef * vl
-                    sums["value_loss"] += (vl.detach() * mask).sum().item()
-                if entropy_coef > 0:
-                    per_tok = per_tok - entropy_coef * entropy
-                kl = kl_k3(logp, ref_logp[rows, :T]) if ref_logp is not None else None
-                if kl is not None and cfg.kl_coef > 0:
-                    per_tok = per_tok + cfg.kl_coef * kl
-                loss = aggregate(per_tok, mask) * weight(mask, mask_mb)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError("non-finite loss")
-                loss.backward()
-                with torch.no_grad():
-                    sums["loss"] += loss.item()
-                    sums["clip_frac"] += (clipped.float() * mask).sum().item()
-                    sums["entropy"] += (entropy * mask).sum().item()
-                    sums["kl"] += (kl * mask).sum().item() if kl is not None else 0.0
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if not torch.isfinite(gn):
-                raise FloatingPointError("non-finite gradient norm")
-            opt.step()
+            with phases("fwd_bwd"):
+                sums = minibatch_gradients(model, batch, mb, trained, cfg, aggregate, value_head, entropy_coef,
+                                           old_logp, ref_logp, fill_old=cfg.reuse_logprobs and epoch == 0 and i == 0)
+            with phases("optimizer"):
+                if not sums["padded_tokens"]:  # every row skipped: the zero gradient the full pass gives
+                    for p in params:
+                        p.grad = torch.zeros_like(p)
+                gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if not torch.isfinite(gn):
+                    raise FloatingPointError("non-finite gradient norm")
+                opt.step()
             stats["loss"] += sums["loss"]
-            for k in ("clip_frac", "entropy", "kl", "value_loss"):
-                stats[k] += sums[k] / denom
+            stats["clip_frac"] += sums["clip_frac"] / batch.comp[mb].sum().clamp_min(1).item()
+            for k in ("entropy", "kl", "value_loss"):
+                stats[k] += sums[k] / max(sums["seen"], 1.0)
             stats["grad_norm"] += gn.item()
+            tokens["update_tokens"] += sums["tokens"]
+            tokens["update_padded_tokens"] += sums["padded_tokens"]
             n_updates += 1
     out = {k: v / n_updates for k, v in stats.items()}
     if value_head is None:
         out.pop("value_loss")
-    return out
+    return {**out, **tokens, "skipped_frac": 1.0 - trained.float().mean().item()}
 
 
 @dataclass(frozen=True)
@@ -434,6 +509,20 @@ def with_gae(model, value_head, batch: RLBatch, cfg: RLConfig) -> RLBatch:
     if cfg.whiten_advantages:
         adv = whiten(adv, mask)
     return replace(batch, adv=adv, returns=returns, old_values=old_values * mask)
+
+
+def step_breakdown(seconds: dict[str, float], gen_seconds: float, step_seconds: float) -> dict[str, float]:
+    """A step's wall seconds by phase (the `time_*` metrics the benchmarks print): generation,
+    verification (the rollout's time outside the engine: verifiers, rewards), log-prob passes
+    (old, reference, GAE values), forward/backward, optimizer, and the rest.
+
+    >>> step_breakdown({"rollout": 3.0, "fwd_bwd": 4.0}, 2.0, 8.0)["time_other"]
+    1.0
+    """
+    out = {"time_generation": gen_seconds, "time_verification": seconds.get("rollout", gen_seconds) - gen_seconds}
+    out.update({f"time_{k}": seconds.get(k, 0.0) for k in ("logprobs", "fwd_bwd", "optimizer")})
+    out["time_other"] = step_seconds - sum(out.values())
+    return out
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -544,17 +633,20 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
             model.eval()
             sampler = rollout_copy(lora.plain_model(model), cfg.precision, sampler)
             engine = Engine(sampler, tok)
-            rolled = sample_groups(engine, task, cfg, step)
+            phases = Phases()  # the step's breakdown (`step_breakdown`)
+            with phases("rollout"):
+                rolled = sample_groups(engine, task, cfg, step)
             metrics = dict(rolled.metrics)
             if rolled.groups:
                 model.train()
                 batch = build_batch(rolled, engine.pad_id, advantage_fn)
                 if learner.value_head is not None:
-                    batch = with_gae(model, learner.value_head, batch, cfg)
+                    with phases("logprobs"):
+                        batch = with_gae(model, learner.value_head, batch, cfg)
                 t1 = time.perf_counter()
                 try:
                     metrics.update(update_policy(model, ref_model, opt, batch, cfg, aggregate, learner.value_head,
-                                                 learner.entropy_coef))
+                                                 learner.entropy_coef, phases))
                 except FloatingPointError as e:
                     last = ckpt.latest(ck_root)
                     raise FloatingPointError(
@@ -567,6 +659,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                                                                cfg.entropy_target, cfg.entropy_coef_step,
                                                                cfg.entropy_coef_max)
             metrics.update(step_time=time.perf_counter() - t0, lr=lr, peak_rss_gb=peak_rss_gb())
+            metrics.update(step_breakdown(phases.seconds, metrics["gen_seconds"], metrics["step_time"]))
             done = step + 1
             if loop.end_step(done, metrics, reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}",
                              think=f"{metrics['think_len_mean']:.0f}"):
