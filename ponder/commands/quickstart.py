@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ponder.core import config as C
-from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.config import DEVICES, ConfigError, check_choices, option
 from ponder.inference.evaluate import EvalConfig, evaluate, format_summary
 from ponder.models.model import BUILTIN_BASE, load_model, resolve_model_path
 from ponder.rl.train import RLConfig, train
@@ -39,6 +39,8 @@ class QuickstartConfig:
     threads: int = option(1, "torch CPU threads; 1 (default) gives the same numbers on any machine "
                                      "and is fastest for this tiny model; 0 = torch's default")
     progress: bool = option(True, "show progress bars")
+    device: str = option("auto", "where the model runs: auto (a GPU when torch sees one, else the CPU), cpu or cuda",
+                         choices=DEVICES)
 
     def __post_init__(self):
         check_choices(self)
@@ -47,7 +49,7 @@ class QuickstartConfig:
 
 
 def _eval(model_path, task, qc: QuickstartConfig, label: str, out_dir: Path) -> dict:
-    model, tok = load_model(model_path)
+    model, tok = load_model(model_path, device=qc.device)
     cfg = EvalConfig(task="arithmetic", task_options=qc.task_options, problems=qc.eval_problems,
                      samples=qc.eval_samples, max_new_tokens=qc.max_new_tokens, seed=qc.seed, label=label)
     result = evaluate(model, tok, task, cfg)
@@ -88,7 +90,7 @@ def quickstart(qc: QuickstartConfig) -> dict:
     rl = RLConfig(model=str(base), task="arithmetic", task_options=qc.task_options, out=str(out / "rl"),
                   steps=qc.steps, prompts_per_step=qc.prompts_per_step, group_size=qc.group_size, lr=qc.lr,
                   max_new_tokens=qc.max_new_tokens, seed=qc.seed, threads=qc.threads, progress=qc.progress,
-                  save_every=max(1, qc.steps // 4))
+                  device=qc.device, save_every=max(1, qc.steps // 4))
     model_dir = train(rl)
     print("[3/4] evaluating the trained model")
     after = _eval(model_dir, task, qc, "after", out)

@@ -161,12 +161,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+DEVICES = ("auto", "cpu", "cuda")  # see ponder.core.device
+
+
 @dataclass(frozen=True)
 class RunFields:
     """Fields every run's config shares (declared once)."""
     seed: int = option(0, "seed of everything random in the run (problems, sampling, data order, weights)")
     threads: int = option(0, "torch CPU threads (0 = torch's default; results are exactly repeatable at a "
                           "fixed count)")
+    device: str = option("auto", "where the model runs: auto (a GPU when torch sees one, else the CPU), "
+                         "cpu or cuda", choices=DEVICES)
 
 
 def set_threads(n: int) -> None:

@@ -49,6 +49,7 @@ import torch
 
 from ponder.engine.budget import ANSWER_RESERVE, ThinkingForcer, check_budget, row_cap
 from ponder.core.config import ConfigError
+from ponder.core.device import of as device_of
 from ponder.models.decoder import Decoder, KVCache, supports
 from ponder.core.think import THINK_CLOSE, THINK_OPEN, thinking_text
 
@@ -174,6 +175,7 @@ class Engine:
         self.think_ids = (vocab.get(THINK_OPEN), vocab.get(THINK_CLOSE))
         self.last_stats = GenerationStats()
         self.decoder = Decoder(model) if (fast and supports(model)) else None
+        self.device = device_of(model)  # batches and caches follow the model (ponder.core.device)
 
     # -- public ------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
@@ -361,7 +363,8 @@ class Batch:
         tokens = self._pick()
         events = self._emit(tokens)
         self.t += 1
-        live = torch.tensor([r.finish is None for r in self.rows])
+        dev = self.e.device
+        live = torch.tensor([r.finish is None for r in self.rows], device=dev)
         n_live = int(live.sum())
         if n_live == 0:
             self._reset()
@@ -376,7 +379,7 @@ class Batch:
             self.col -= trim
             tokens, live = tokens[keep], live[keep]
         tokens = tokens.masked_fill(~live, self.e.pad_id)
-        pos = torch.tensor([len(r.prompt) + self.t - 1 - r.first_step for r in self.rows])
+        pos = torch.tensor([len(r.prompt) + self.t - 1 - r.first_step for r in self.rows], device=dev)
         self.logits = self.backend.step(tokens, pos, start=self.col)
         self.col += 1
         self.forward_calls += 1
@@ -404,13 +407,14 @@ class Batch:
                 ban_ids.extend(ban)
         if ban_rows:  # one indexing op for the whole batch, not one per row
             logits[ban_rows, ban_ids] = -float("inf")
-        u = torch.tensor(u)
+        dev = self.e.device
+        u = torch.tensor(u, device=dev)  # drawn on the CPU (same seed, same tokens on any device)
         if len(groups) == 1:
             ((temp, top_p),) = groups
             return pick_tokens(logits, u, temp, top_p)
-        tokens = torch.empty(len(self.rows), dtype=torch.long)
+        tokens = torch.empty(len(self.rows), dtype=torch.long, device=dev)
         for (temp, top_p), ks in groups.items():
-            idx = torch.tensor(ks)
+            idx = torch.tensor(ks, device=dev)
             tokens[idx] = pick_tokens(logits[idx], u[idx], temp, top_p)
         return tokens
 
@@ -437,7 +441,7 @@ class Batch:
             if r.finish is not None:
                 self.finished.append(self.e._sample(r.rid, r.j, r.prompt, r.ids, r.finish))
         if forced:
-            tokens[list(forced)] = torch.tensor(list(forced.values()))
+            tokens[list(forced)] = torch.tensor(list(forced.values()), device=tokens.device)
         return events
 
     def _admit(self) -> None:
@@ -450,8 +454,10 @@ class Batch:
         for i, p in enumerate(prompts):  # left-pad so every prompt ends at the last column
             ids[i, Lp - len(p):] = torch.tensor(p)
             mask[i, Lp - len(p):] = 1
+        dev = self.e.device
+        ids, mask = ids.to(dev), mask.to(dev)  # built on the CPU, moved once
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        expand = torch.tensor([i for i, g in enumerate(groups) for _ in g])  # each prompt's cache, once per sample
+        expand = torch.tensor([i for i, g in enumerate(groups) for _ in g], device=dev)  # each prompt's cache, once per sample
         new = [r for g in groups for r in g]
         self.forward_calls += 1
         if not self.rows:
@@ -471,7 +477,7 @@ class Batch:
             r.first_col += shift
         for r, i in zip(new, expand.tolist()):
             r.first_step, r.first_col = self.t, col - len(prompts[i])
-        self.logits = torch.cat([self.logits[torch.tensor(kept, dtype=torch.long)], logits])
+        self.logits = torch.cat([self.logits[torch.tensor(kept, dtype=torch.long, device=dev)], logits])
         self.rows, self.col = self.rows + new, col
 
 
@@ -552,7 +558,7 @@ class _FastBackend:
             kept = list(range(self.n))
             return self._prefill_at(ids, mask, pos, col - Lp, expand), kept, col, 0
         used = col - trim
-        keep = torch.tensor(live, dtype=torch.long)
+        keep = torch.tensor(live, dtype=torch.long, device=ids.device)
         if Lp <= used and len(live) + need <= rows_cap and used + room <= cols_cap:
             # it fits once finished rows and unused leading columns are gone: drop them in place
             self.select(keep, col, trim)
@@ -592,7 +598,7 @@ class _HFBackend:
         return 0
 
     def step(self, tokens, pos, start):
-        self.mask = torch.cat([self.mask, torch.ones((len(tokens), 1), dtype=torch.long)], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones((len(tokens), 1), dtype=torch.long, device=self.mask.device)], dim=1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=pos[:, None],
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
@@ -603,7 +609,7 @@ class _HFBackend:
         from transformers import DynamicCache
         new = _HFBackend(self.model)
         logits = new.prefill(ids, mask, pos, 0, expand)
-        keep, Lp = torch.tensor(live, dtype=torch.long), ids.size(1)
+        keep, Lp = torch.tensor(live, dtype=torch.long, device=ids.device), ids.size(1)
         used = col - trim
         new_col = max(used, Lp)
         pad = lambda x, left: torch.nn.functional.pad(x, (0, 0, left, 0))  # (B, H, S, D) on S

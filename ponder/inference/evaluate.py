@@ -166,7 +166,7 @@ def main(argv: list[str]) -> int:
     cfg = C.from_args(EvalConfig, args, args.recipe, section="eval")
     C.set_threads(cfg.threads)
     task = eval_task(cfg)  # a bad task, grader or data file fails before the model loads
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, device=cfg.device)
     result = evaluate(model, tok, task, cfg)
     print(format_summary(result))
     if cfg.out:

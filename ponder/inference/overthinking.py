@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
     C.add_arguments(ap, OverthinkConfig)
     args = ap.parse_args(argv)
     cfg = C.from_args(OverthinkConfig, args, model=args.model_path)
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, device=cfg.device)
     task = make_task(cfg, tok)  # the same prompts as train and eval
     examples = task.examples("test", cfg.problems, seed=cfg.seed)
     groups = rollout(Engine(model, tok), task, examples, cfg.samples,

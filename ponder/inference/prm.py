@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ponder.core.device import of as device_of
+
 from ponder.core import config as C
 from ponder.models.value_head import ValueHead  # noqa: F401 (part of this module's API)
 from ponder.rl.rollout import rollout
@@ -131,11 +133,13 @@ def features(model, prompts: list[list[int]], completions: list[list[int]], pad_
         for r, i in enumerate(idx):  # right padding: positions 0..len-1 stay correct
             ids[r, :len(seqs[i])] = torch.tensor(seqs[i])
             mask[r, :len(seqs[i])] = 1
+        ids, mask = ids.to(device_of(model)), mask.to(device_of(model))
         res = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         logp = torch.log_softmax(res.logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
         last = mask.sum(-1) - 1  # (B,)
-        rows = torch.arange(len(idx))
-        hidden = torch.cat([res.hidden_states[layer][rows, last] for layer in layers], dim=-1)  # (B, H)
+        rows = torch.arange(len(idx), device=ids.device)
+        hidden = torch.cat([res.hidden_states[layer][rows, last] for layer in layers], dim=-1).cpu()  # (B, H)
+        logp = logp.cpu()  # the features live on the CPU, where the small head trains
         for r, i in enumerate(idx):
             start, end, comp = len(prompts[i]), len(seqs[i]), completions[i]
             conf = torch.zeros(N_CONFIDENCE)
@@ -268,7 +272,7 @@ def pairwise_accuracy(scores: list[float], labels: list[float]) -> float:
 def train_prm(cfg: PRMConfig) -> dict:
     from ponder.models.model import load_model
     C.set_threads(cfg.threads)
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, device=cfg.device)
     task = make_task(cfg, tok)  # the same prompts as train and eval
     engine = Engine(model, tok)
     examples = task.examples("train", cfg.problems, seed=cfg.seed)

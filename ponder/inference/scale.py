@@ -208,7 +208,7 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
     so a long sweep that is stopped keeps what it measured."""
     from ponder.models.model import load_model
     C.set_threads(cfg.threads)
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, device=cfg.device)
     task = make_task(cfg, tok)  # the same prompts as train and eval
     engine = Engine(model, tok)
     prm = None

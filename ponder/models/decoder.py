@@ -51,11 +51,12 @@ def supports(model) -> bool:
 class KVCache:
     """Keys and values for B rows and up to S positions, per layer: (B, H_kv, S, D)."""
 
-    def __init__(self, n_layers: int, batch: int, n_kv: int, max_len: int, head_dim: int, dtype: torch.dtype):
+    def __init__(self, n_layers: int, batch: int, n_kv: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
         shape = (batch, n_kv, max_len, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(n_layers)]
-        self.valid = torch.zeros((batch, max_len), dtype=torch.bool)  # which key positions hold real tokens
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.valid = torch.zeros((batch, max_len), dtype=torch.bool, device=device)  # key positions holding real tokens
 
     @property
     def batch(self) -> int:
@@ -88,12 +89,14 @@ class Decoder:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         # Under bf16 autocast keys/values come out of the projections in bf16: store them so,
         # which halves the cache traffic of every decode step.
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else self.dtype
-        return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, dtype)
+        kind = self.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.dtype
+        return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, dtype, self.device)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
@@ -107,11 +110,12 @@ class Decoder:
         cache.valid[:, start:end] = True if valid is None else valid
         keys_ok = cache.valid[:, :end]  # (B, S)
         # (B, 1, L, S): a query sees valid keys at or before its own column.
-        causal = torch.ones((L, end), dtype=torch.bool).tril(diagonal=start)
+        dev = ids.device
+        causal = torch.ones((L, end), dtype=torch.bool, device=dev).tril(diagonal=start)
         mask = (keys_ok[:, None, :] & causal[None]).unsqueeze(1)
         if L > 1:  # padded query rows would see nothing; let them see themselves to avoid NaN
-            diag = torch.zeros((L, end), dtype=torch.bool)
-            diag[torch.arange(L), start + torch.arange(L)] = True
+            diag = torch.zeros((L, end), dtype=torch.bool, device=dev)
+            diag[torch.arange(L, device=dev), start + torch.arange(L, device=dev)] = True
             mask = mask | diag[None, None]
         h = self.embed(ids)  # (B, L, D)
         cos, sin = self.rotary(h, positions)

@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 hf_logging.disable_progress_bar()  # ponder shows its own progress; weight loading is instant here
 
 from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.device import resolve as resolve_device
 from ponder.models.tokenizer import build_char_tokenizer
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -67,15 +68,16 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     return resolve_pretrained(name_or_path)
 
 
-def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a folder; the model is in eval mode on the CPU."""
+def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a folder; the model is in eval mode on `device`
+    (a `torch.device`, or a `--device` value: auto, cpu, cuda)."""
     from ponder.models.hf import check_causal_lm
     path = resolve_model_path(name_or_path)
     check_causal_lm(path)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.eval()
-    return model, tok
+    return model.to(device if isinstance(device, torch.device) else resolve_device(device)), tok
 
 
 def load_tokenizer(name_or_path: str | Path):

@@ -29,9 +29,9 @@ def token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             [0.0000, 0.0000, 0.5000]])
     """
     T = mask.size(1)
-    last = (mask * torch.arange(1, T + 1)).argmax(dim=1)  # index of the last real token
+    last = (mask * torch.arange(1, T + 1, device=mask.device)).argmax(dim=1)  # index of the last real token
     out = torch.zeros_like(mask)
-    out[torch.arange(mask.size(0)), last] = rewards * (mask.sum(1) > 0)
+    out[torch.arange(mask.size(0), device=mask.device), last] = rewards * (mask.sum(1) > 0)
     return out
 
 
@@ -44,8 +44,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     ([[0.75, 0.5]], [[1.0, 1.0]])
     """
     B, T = mask.shape
-    adv = torch.zeros(B, T)
-    next_value, next_adv = torch.zeros(B), torch.zeros(B)
+    adv = torch.zeros(B, T, device=mask.device)
+    next_value, next_adv = torch.zeros(B, device=mask.device), torch.zeros(B, device=mask.device)
     for t in reversed(range(T)):
         m = mask[:, t]
         delta = rewards[:, t] + gamma * next_value - values[:, t]

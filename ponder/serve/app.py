@@ -153,7 +153,7 @@ def build(cfg: ServeConfig):
     """(app, service) for `cfg`: the model loaded, the batching worker running."""
     from ponder.engine.engine import Engine
     from ponder.models.model import load_model
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, device=cfg.device)
     service = Service(Engine(model, tok), cfg)
     return create_app(service, cfg.api_key or os.environ.get("PONDER_API_KEY", "")), service
 

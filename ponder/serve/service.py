@@ -12,7 +12,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass, replace
 
-from ponder.core.config import ConfigError, check_choices, option
+from ponder.core.config import DEVICES, ConfigError, check_choices, option
 from ponder.engine.engine import Engine, Sample, SamplingParams, row_seed
 from ponder.serve.reasoning import REASONING_MODES, RequestError, StreamSplit, sampling_params
 from ponder.serve.worker import Busy, Job, Worker
@@ -41,6 +41,8 @@ class ServeConfig:
     max_body: int = option(1_000_000, "largest request body in bytes (413 beyond)")
     name: str = option("", "model id the API reports and accepts; default: MODEL as given")
     threads: int = option(0, "torch CPU threads (0: torch's default)")
+    device: str = option("auto", "where the model runs: auto (a GPU when torch sees one, else the CPU), cpu or cuda",
+                         choices=DEVICES)
 
     def __post_init__(self):
         check_choices(self)

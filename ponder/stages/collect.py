@@ -135,7 +135,7 @@ def collect(cfg: CollectConfig) -> dict:
     """Write the accepted traces to `cfg.out`; returns statistics of the collection."""
     from ponder.core.io import atomic_writer, sha256_file
     C.set_threads(cfg.threads)
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, device=cfg.device)
     task: Task = make_task(cfg, tok)  # the same prompts as train and eval
     weights = resolve_model_path(cfg.model) / "model.safetensors"
     model_sha = sha256_file(weights) if weights.is_file() else ""

@@ -61,7 +61,7 @@ KINDS = {"rl": RLConfig, "collect": CollectConfig, "sft": SFTConfig, "distill": 
 DATA_FILE = "all.jsonl"  # what `@NAME` of a data stage stands for: both splits, each line with its `split`
 MAKES_MODEL = ("rl", "sft", "distill", "pretrain")
 MANIFEST = "manifest.json"
-SHARED = TASK_FIELDS + ("seed", "max_new_tokens", "threads", "progress")  # [pipeline] keys stages inherit
+SHARED = TASK_FIELDS + ("seed", "max_new_tokens", "threads", "device", "progress")  # [pipeline] keys stages inherit
 
 
 @dataclass(frozen=True)
@@ -298,8 +298,9 @@ def _held_out(stage: Stage, pc: PipelineConfig, model_path: str, stage_dir: Path
     else:
         cfg = EvalConfig(model=model_path, **task_fields(pc), problems=pc.eval_problems,
                          samples=pc.eval_samples, max_new_tokens=pc.max_new_tokens, seed=pc.seed, label=stage.name,
+                         device=pc.device,
                          out=str(stage_dir / "eval.json"))
-    model, tok = load_model(model_path)
+    model, tok = load_model(model_path, device=cfg.device)
     result = evaluate(model, tok, make_task(cfg), cfg)
     Path(cfg.out).write_text(json.dumps(result, indent=1))
     return {"summary": result["summary"], "params": count_params(model)}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ponder.core import config as C
 from ponder.core.loop import TrainingLoop
 from ponder.core.config import RunFields, check_choices, option
+from ponder.core.device import of as device_of, resolve as resolve_device
 from ponder.stages.corpus import CorpusMix, documents
 from ponder.models.model import BUILTIN_BASE, TinyModelConfig, count_params, new_tiny, save_model
 
@@ -67,6 +68,7 @@ def encode_batch(tok, docs: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    ids, mask = ids.to(device_of(model)), mask.to(device_of(model))
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
     target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
@@ -108,6 +110,8 @@ def pack_documents(tok, docs: list[str], row_tokens: int):
 
 
 def packed_loss(model, ids, targets, pos, mask) -> torch.Tensor:
+    dev = device_of(model)
+    ids, targets, pos, mask = ids.to(dev), targets.to(dev), pos.to(dev), mask.to(dev)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (R, L, V)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
@@ -117,7 +121,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     mcfg = TinyModelConfig(hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads)
     model, tok = new_tiny(mcfg, seed=cfg.seed)
-    model.train()
+    model = model.to(resolve_device(cfg.device)).train()
     mix = CorpusMix(p_direct=cfg.p_direct, p_partial=cfg.p_partial, p_check=cfg.p_check, max_digits=cfg.max_digits)
     stream = documents(mix, cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]

@@ -36,6 +36,7 @@ from ponder.core.think import THINK_CLOSE, THINK_OPEN
 from ponder.tasks.chat import ChatTask
 from ponder.tasks.spec import TaskFields, make_task, parse_task_options
 from ponder.core.config import RunFields, ConfigError, check_choices, option
+from ponder.core.device import of as device_of, resolve as resolve_device
 from ponder.models.model import TinyModelConfig, count_params, load_model, new_tiny, save_model
 from ponder.core.io import read_jsonl, sha256_file
 from ponder.core.loop import TrainingLoop
@@ -152,6 +153,8 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
 
 def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the batch's completion tokens (token-level, not per sequence)."""
+    dev = device_of(model)
+    ids, attn, labels = ids.to(dev), attn.to(dev), labels.to(dev)
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, L-1, V)
     target = labels[:, 1:]  # (B, L-1): position t predicts token t+1
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
@@ -199,8 +202,8 @@ def initial_model(cfg: SFTConfig):
     """(model, tokenizer, description of where the weights come from)."""
     if cfg.student:
         model, tok = new_tiny(student_config(cfg.student), seed=cfg.seed)
-        return model, tok, f"fresh student ({cfg.student}, seed {cfg.seed})"
-    model, tok = load_model(cfg.model)
+        return model.to(resolve_device(cfg.device)), tok, f"fresh student ({cfg.student}, seed {cfg.seed})"
+    model, tok = load_model(cfg.model, device=cfg.device)
     return model, tok, cfg.model
 
 
@@ -248,6 +251,7 @@ def _sft(cfg: SFTConfig, resume: bool, log_prefix: str) -> Path:
         # the newest checkpoint that loads; a damaged one is skipped, saying which file
         last, (state, (model, tok)) = ckpt.load_latest(ck_root, lambda p: _load_checkpoint(p, hashes),
                                                        say=lambda line: print(log_prefix + line))
+        model = model.to(resolve_device(cfg.device))
         opt, sched = make_optimizer(model, cfg, total)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
