@@ -80,14 +80,28 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
 
 
 def entropy_coef_update(coef: float, entropy: float, target: float, step: float, max_coef: float) -> float:
-    """Adaptive entropy control after Skywork-OR1: raise the entropy bonus by `step` while entropy
-    is below `target`; once it is back above, drop the bonus to 0 at once. (Skywork lowers it by
-    `step` instead; on the quickstart that winds up -- the weight keeps growing while entropy
-    responds slowly, then entropy overshoots to 2.3 nats and the reward collapses.)
+    """Skywork-OR1's adaptive entropy control, the coefficient's update after a step whose mean
+    token entropy was `entropy`: c_{k+1} = c_k + step while entropy is below `target`, c_k - step
+    once it is at or above, clipped to [0, max_coef]. The coefficient remembers the level that held
+    entropy up last time; `entropy_bonus_weight` decides whether it is applied.
 
-    >>> entropy_coef_update(0.0, 0.1, 0.3, 0.005, 0.05), entropy_coef_update(0.04, 0.5, 0.3, 0.005, 0.05)
-    (0.005, 0.0)
+    >>> entropy_coef_update(0.0, 0.1, 0.3, 0.01, 0.05), entropy_coef_update(0.05, 0.5, 0.3, 0.01, 0.05)
+    (0.01, 0.04)
     """
-    if entropy >= target:
+    coef = coef + step if entropy < target else coef - step
+    return min(max(coef, 0.0), max_coef)
+
+
+def entropy_bonus_weight(coef: float, entropy: float | None, target: float) -> float:
+    """The entropy bonus's weight in the loss: c_k while entropy is below `target`, else 0
+    (Skywork-OR1's alpha_k = c_k * 1[e_k < target]). Without the gate a coefficient that is
+    still coming down keeps pushing entropy up after it passed the target (wind-up: 2.3 nats on
+    the quickstart). Departure from the paper: `entropy` is the previous step's (ponder measures
+    it in the update's own forward pass, after the loss is built); None (no step yet) -> 0.
+
+    >>> entropy_bonus_weight(0.02, 0.01, 0.05), entropy_bonus_weight(0.02, 0.06, 0.05), entropy_bonus_weight(0.02, None, 0.05)
+    (0.02, 0.0, 0.0)
+    """
+    if entropy is None or entropy >= target:
         return 0.0
-    return min(coef + step, max_coef)
+    return coef

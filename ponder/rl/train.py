@@ -43,8 +43,9 @@ from ponder.core.loop import TrainingLoop
 from ponder.core.think import format_score
 from ponder.tasks.base import Example, Task
 from ponder.models.value_head import ValueHead
-from ponder.rl.ppo import clipped_value_loss, entropy_coef_update, gae, token_rewards, whiten
+from ponder.rl.ppo import clipped_value_loss, entropy_bonus_weight, entropy_coef_update, gae, token_rewards, whiten
 from ponder.rl.rollout import Group, rollout, verdict_score
+from ponder.rl.sampling import PassHistory, choose, record
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -83,11 +84,11 @@ class RLConfig(RunFields, TaskFields):
     value_detach: bool = option(True, "the value head reads the policy's hidden state without training it "
                                 "(the critic cannot pull the policy's features its way; gae only)")
     value_lr_scale: float = option(1.0, "the value head's learning rate as a multiple of lr (gae only)")
-    entropy_target: float = option(0.0, "adaptive entropy control (Skywork-OR1): an entropy bonus whose weight "
-                                   "rises while the mean token entropy is below this target and falls above it; "
-                                   "0 = off")
-    entropy_coef_step: float = option(0.005, "change of the entropy bonus weight per step")
-    entropy_coef_max: float = option(0.05, "largest entropy bonus weight")
+    entropy_target: float = option(0.0, "adaptive entropy control (Skywork-OR1): an entropy bonus, applied only "
+                                   "while the mean token entropy is below this target, whose coefficient rises "
+                                   "by entropy_coef_step per step below it and falls by as much above; 0 = off")
+    entropy_coef_step: float = option(0.005, "change of the entropy bonus coefficient per step")
+    entropy_coef_max: float = option(0.05, "largest entropy bonus coefficient")
     scale_rewards: bool = option(True, "divide by the group std (False = Dr. GRPO)")
     loss_agg: str = option("token", "loss aggregation: token-level (DAPO) or per-sequence (GRPO)",
                            choices=tuple(AGGREGATIONS))
@@ -97,6 +98,10 @@ class RLConfig(RunFields, TaskFields):
     track_kl: bool = option(True, "measure KL to the starting model even when kl_coef = 0")
     dynamic_sampling: bool = option(False, "drop groups whose rewards all agree and refill the batch")
     max_refills: int = option(3, "extra sampling rounds allowed per step to refill the batch")
+    difficulty_sampling: bool = option(False, "difficulty-aware sampling (MiMo): draw difficulty_pool x P candidate "
+                                       "prompts and prefer those whose recent pass rate is strictly between 0 and 1")
+    difficulty_window: int = option(8, "recent groups remembered per prompt (and per difficulty level)")
+    difficulty_pool: int = option(4, "candidate prompts drawn per prompt kept (difficulty sampling)")
     epochs: int = option(1, "optimisation passes over each rollout batch")
     minibatches: int = option(1, "minibatches per pass")
     format_weight: float = option(0.0, "weight of the <think>…</think> format reward")
@@ -135,7 +140,8 @@ class RLConfig(RunFields, TaskFields):
         if self.micro_batch_tokens < -1:
             raise ConfigError(f"micro_batch_tokens must be -1 (auto), 0 (no cap) or a token count, "
                               f"got {self.micro_batch_tokens}")
-        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches", "save_every"):
+        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches", "save_every",
+                     "difficulty_window", "difficulty_pool"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
@@ -159,9 +165,15 @@ class RLConfig(RunFields, TaskFields):
 
 
 # -- rollouts --------------------------------------------------------------------------
-def step_examples(task: Task, cfg: RLConfig, step: int, round_: int) -> list[Example]:
-    """The prompts of one step (and refill round): a pure function of (seed, step, round)."""
-    return task.examples("train", cfg.prompts_per_step, seed=cfg.seed * 1_000_003 + step * 101 + round_)
+def step_examples(task: Task, cfg: RLConfig, step: int, round_: int, history: PassHistory | None = None) -> list[Example]:
+    """The prompts of one step (and refill round): a pure function of (seed, step, round) and,
+    with difficulty sampling, of the pass history (`ponder.rl.sampling`)."""
+    seed = cfg.seed * 1_000_003 + step * 101 + round_
+    if not cfg.difficulty_sampling:
+        return task.examples("train", cfg.prompts_per_step, seed=seed)
+    candidates = task.examples("train", cfg.prompts_per_step * cfg.difficulty_pool, seed=seed)
+    return choose(candidates, history or PassHistory(cfg.difficulty_window), cfg.prompts_per_step,
+                  torch.Generator().manual_seed(seed))
 
 
 def reward_fn(cfg: RLConfig):
@@ -185,16 +197,18 @@ class StepRollouts:
     groups: list[Group]  # the groups the update trains on (informative ones with dynamic sampling)
     rewards: list[torch.Tensor]  # (G,) per group, as the advantages see them
     metrics: dict
+    seen: tuple[Group, ...] = ()  # every group sampled this step, refills included
 
 
-def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int) -> StepRollouts:
+def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
+                  history: PassHistory | None = None) -> StepRollouts:
     """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups."""
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     kept: list[tuple[Group, torch.Tensor]] = []
     seen: list[Group] = []
     gen_s, gen_tokens, zero_var = 0.0, 0, []
     for round_ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
-        out = rollout(engine, task, step_examples(task, cfg, step, round_), cfg.group_size, params,
+        out = rollout(engine, task, step_examples(task, cfg, step, round_, history), cfg.group_size, params,
                       seed=cfg.seed * 7_919 + step * 13 + round_, reward=reward_fn(cfg), policy_version=step)
         gen_s, gen_tokens = gen_s + out.seconds, gen_tokens + out.generated_tokens
         for group in out.groups:
@@ -212,7 +226,9 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int) -> StepR
     metrics = rollout_metrics([s for g in seen for s in g.samples], [v for g in seen for v in g.verdicts], rewards)
     metrics.update(zero_var_frac=sum(zero_var) / len(zero_var), gen_seconds=gen_s,
                    tokens_per_s=gen_tokens / gen_s if gen_s else 0.0, groups_used=len(kept))
-    return StepRollouts([g for g, _ in kept], [r for _, r in kept], metrics)
+    if cfg.difficulty_sampling:  # share of this step's first-round prompts that taught (1 - zero_var_frac)
+        metrics["informative_frac"] = 1 - metrics["zero_var_frac"]
+    return StepRollouts([g for g, _ in kept], [r for _, r in kept], metrics, tuple(seen))
 
 
 # -- policy update -----------------------------------------------------------------------
@@ -554,10 +570,15 @@ class Learner:
     model: torch.nn.Module
     opt: torch.optim.Optimizer
     value_head: ValueHead | None = None  # PPO's critic (advantage = "gae")
-    entropy_coef: float = 0.0  # the adaptive entropy bonus's current weight
+    entropy_coef: float = 0.0  # adaptive entropy control: the bonus's coefficient
+    entropy_seen: float | None = None  # adaptive entropy control: the last step's mean token entropy
+    pass_history: PassHistory | None = None  # difficulty sampling: recent groups per prompt (not the update's, but run state)
 
     def state(self, cfg: RLConfig) -> dict:
-        out = {"optimizer": self.opt.state_dict(), "config": asdict(cfg), "entropy_coef": self.entropy_coef}
+        out = {"optimizer": self.opt.state_dict(), "config": asdict(cfg), "entropy_coef": self.entropy_coef,
+               "entropy_seen": self.entropy_seen}
+        if self.pass_history is not None:
+            out["pass_history"] = dict(self.pass_history.records)
         if self.value_head is not None:
             out["value_head"] = self.value_head.state_dict()
         return out
@@ -585,6 +606,9 @@ def setup(cfg: RLConfig, resume: bool, log_prefix: str = "") -> tuple[Learner, o
         learner.value_head.load_state_dict(state["value_head"])
     learner.opt.load_state_dict(state["optimizer"])
     learner.entropy_coef = state.get("entropy_coef", 0.0)
+    learner.entropy_seen = state.get("entropy_seen")
+    if "pass_history" in state:
+        learner.pass_history = PassHistory(cfg.difficulty_window, state["pass_history"])
     ckpt.set_rng_state(state["rng"])
     print(f"{log_prefix}resuming from {last.name} (step {state['step']} of {cfg.steps})")
     return learner, tok, state["step"]
@@ -635,7 +659,9 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
             engine = Engine(sampler, tok)
             phases = Phases()  # the step's breakdown (`step_breakdown`)
             with phases("rollout"):
-                rolled = sample_groups(engine, task, cfg, step)
+                rolled = sample_groups(engine, task, cfg, step, learner.pass_history)
+            if cfg.difficulty_sampling:
+                learner.pass_history = record(learner.pass_history or PassHistory(cfg.difficulty_window), list(rolled.seen))
             metrics = dict(rolled.metrics)
             if rolled.groups:
                 model.train()
@@ -644,20 +670,23 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                     with phases("logprobs"):
                         batch = with_gae(model, learner.value_head, batch, cfg)
                 t1 = time.perf_counter()
+                bonus = entropy_bonus_weight(learner.entropy_coef, learner.entropy_seen, cfg.entropy_target) \
+                    if cfg.entropy_target else 0.0
                 try:
                     metrics.update(update_policy(model, ref_model, opt, batch, cfg, aggregate, learner.value_head,
-                                                 learner.entropy_coef, phases))
+                                                 bonus, phases))
                 except FloatingPointError as e:
                     last = ckpt.latest(ck_root)
                     raise FloatingPointError(
                         f"{e} at step {step + 1}; stopped. Last good checkpoint: "
                         f"{last if last else 'none (no checkpoint was written yet)'}") from None
                 metrics["train_seconds"] = time.perf_counter() - t1
-                if cfg.entropy_target:
-                    metrics["entropy_coef"] = learner.entropy_coef  # the weight this step trained with
+                if cfg.entropy_target:  # entropy_coef: the weight this step trained with (0 above the target)
+                    metrics.update(entropy_coef=bonus, entropy_coef_state=learner.entropy_coef)
                     learner.entropy_coef = entropy_coef_update(learner.entropy_coef, metrics["entropy"],
                                                                cfg.entropy_target, cfg.entropy_coef_step,
                                                                cfg.entropy_coef_max)
+                    learner.entropy_seen = metrics["entropy"]
             metrics.update(step_time=time.perf_counter() - t0, lr=lr, peak_rss_gb=peak_rss_gb())
             metrics.update(step_breakdown(phases.seconds, metrics["gen_seconds"], metrics["step_time"]))
             done = step + 1

@@ -1,0 +1,92 @@
+"""Adaptive entropy control (Skywork-OR1): the coefficient's rule, its gate, a simulated run, a real one."""
+
+import json
+import math
+import random
+import statistics
+
+import pytest
+
+from ponder.core import checkpoint as ckpt
+from ponder.rl.ppo import entropy_bonus_weight, entropy_coef_update
+from ponder.rl.train import train
+
+from test_train import _cfg, small_model  # noqa: F401 (fixture)
+
+TARGET = 0.05
+
+
+def test_coefficient_rises_below_falls_above_and_is_clipped():
+    c, seen = 0.0, []
+    for e in (0.01, 0.01, 0.01, 0.01, 0.09, 0.09, 0.09, 0.09, 0.09, 0.09):
+        c = entropy_coef_update(c, e, TARGET, step=0.01, max_coef=0.025)
+        seen.append(c)
+    assert seen == pytest.approx([0.01, 0.02, 0.025, 0.025, 0.015, 0.005, 0, 0, 0, 0])
+    assert entropy_coef_update(0.02, TARGET, TARGET, 0.01, 0.1) == pytest.approx(0.01)  # at the target counts as above
+
+
+def test_bonus_applies_only_below_the_target():
+    assert entropy_bonus_weight(0.02, 0.049, TARGET) == 0.02
+    assert entropy_bonus_weight(0.02, TARGET, TARGET) == 0.0  # at or above: no bonus, the coefficient is kept
+    assert entropy_bonus_weight(0.02, None, TARGET) == 0.0  # before the first step
+
+
+def simulate(bonus, steps=300, sharpen=0.05, noise=0.05, seed=0):
+    """A run's entropy under RL sharpening: the log-sharpness x grows by `sharpen` per step
+    (plus noise) and an applied bonus w pulls it back by w; entropy = 0.16 * exp(-x)
+    (the quickstart starts at 0.16 nats). The bonus acts on the *parameters*, so its effect
+    accumulates: the plant integrates, which is what makes an ungated controller overshoot."""
+    rng = random.Random(seed)
+    x, coef, seen, out = 0.0, 0.0, None, []
+    for _ in range(steps):
+        x += sharpen - bonus(coef, seen) + noise * rng.gauss(0, 1)
+        e = 0.16 * math.exp(-x)
+        out.append(e)
+        coef, seen = entropy_coef_update(coef, e, TARGET, step=0.005, max_coef=0.3), e
+    return out[100:]  # after the controller has found its level
+
+
+def test_simulated_collapse_is_held_at_the_target():
+    off = simulate(lambda c, e: 0.0)
+    assert max(off) < 0.1 * TARGET  # without control entropy collapses
+    for seed in range(5):
+        held = simulate(lambda c, e: entropy_bonus_weight(c, e, TARGET), seed=seed)
+        assert statistics.median(held) >= 0.98 * TARGET, seed  # it sits at the target...
+        assert min(held) >= 0.7 * TARGET, (seed, min(held))  # ...never far below (a noisy step or two)...
+        assert max(held) <= 1.3 * TARGET, (seed, max(held))  # ...and never blown up (the gate stops wind-up)
+
+
+def test_the_gate_is_what_stops_the_overshoot():
+    """The same coefficient applied above the target too (no gate) winds up: entropy overshoots."""
+    worst = max(max(simulate(lambda c, e: c, seed=s)) for s in range(5))
+    assert worst > 1.5 * TARGET, worst
+
+
+def _rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_entropy_control_holds_entropy_up(small_model, tmp_path):
+    """A target above the run's entropy: the coefficient rises and the bonus pulls entropy up
+    against the learning that lowers it (the README's quickstart runs show the real collapse)."""
+    free, held = tmp_path / "free", tmp_path / "held"
+    train(_cfg(small_model, free, lr=1e-2))
+    train(_cfg(small_model, held, lr=1e-2, entropy_target=8.0, entropy_coef_step=0.05, entropy_coef_max=0.5))
+    late = lambda rows: sum(r["entropy"] for r in rows[-10:]) / 10  # noqa: E731
+    rf, rh = _rows(free), _rows(held)
+    assert late(rh) > late(rf) + 0.1, (late(rf), late(rh))
+    assert [r["entropy_coef"] for r in rh[:3]] == pytest.approx([0.0, 0.05, 0.1])  # nothing measured before step 1
+    assert "entropy_coef" not in rf[-1]
+
+
+def test_entropy_control_resumes_exactly(small_model, tmp_path):
+    """The coefficient and the last entropy are in the checkpoint: a resumed run trains alike."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    kw = dict(steps=6, save_every=3, lr=1e-2, entropy_target=8.0, entropy_coef_step=0.05, entropy_coef_max=0.5)
+    train(_cfg(small_model, full, **kw))
+    train(_cfg(small_model, part, **{**kw, "steps": 3}))
+    train(_cfg(small_model, part, **kw), resume=True)
+    a, b = _rows(full), _rows(part)
+    assert [r["entropy_coef"] for r in a] == pytest.approx([r["entropy_coef"] for r in b], abs=1e-12)
+    assert [r["entropy"] for r in a] == pytest.approx([r["entropy"] for r in b], abs=1e-6)
+    assert ckpt.load_state(ckpt.latest(part / "checkpoints"))["entropy_seen"] is not None
