@@ -26,7 +26,9 @@ import contextlib
 import torch
 
 from ponder.core import checkpoint as ckpt
+from ponder.core.device import autocast as autocast_bf16, move, of as device_of, resolve as resolve_device
 from ponder.core.lock import run_lock
+from ponder.rl.distributed import is_main, my_rows, process_group, reduce_gradients, sharded_rollout
 from ponder.models import lora
 from ponder.core import config as C
 from ponder.tasks.spec import TaskFields, is_file_task, make_task, sandbox_lines
@@ -55,7 +57,7 @@ def autocast(precision: str):
     """Matmuls in bf16 (AMX on recent x86 CPUs) while parameters, gradients and the
     optimizer stay fp32; a no-op for fp32."""
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return autocast_bf16()
     return contextlib.nullcontext()
 
 
@@ -208,7 +210,7 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
     seen: list[Group] = []
     gen_s, gen_tokens, zero_var = 0.0, 0, []
     for round_ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
-        out = rollout(engine, task, step_examples(task, cfg, step, round_, history), cfg.group_size, params,
+        out = sharded_rollout(engine, task, step_examples(task, cfg, step, round_, history), cfg.group_size, params,
                       seed=cfg.seed * 7_919 + step * 13 + round_, reward=reward_fn(cfg), policy_version=step)
         gen_s, gen_tokens = gen_s + out.seconds, gen_tokens + out.generated_tokens
         for group in out.groups:
@@ -282,13 +284,13 @@ def completion_logprobs(model, ids, attn, comp, value_head=None, entropy_grad: b
         if value_head is not None:
             h = hidden[sel].detach() if value_detach else hidden[sel]
             v = value_head(h.float())  # (N,)
-            values = torch.zeros(sel.shape, dtype=v.dtype).masked_scatter(sel, v)
+            values = torch.zeros(sel.shape, dtype=v.dtype, device=sel.device).masked_scatter(sel, v)
     logp_all = torch.log_softmax(logits.float(), dim=-1)
     logp_sel = logp_all.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1)  # (N,)
-    logp = torch.zeros(sel.shape, dtype=logp_sel.dtype).masked_scatter(sel, logp_sel)
+    logp = torch.zeros(sel.shape, dtype=logp_sel.dtype, device=sel.device).masked_scatter(sel, logp_sel)
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         ent = -(logp_all.exp() * logp_all).sum(-1)
-        entropy = torch.zeros(sel.shape, dtype=ent.dtype).masked_scatter(sel, ent)
+        entropy = torch.zeros(sel.shape, dtype=ent.dtype, device=sel.device).masked_scatter(sel, ent)
     return logp, entropy, values
 
 
@@ -451,10 +453,11 @@ def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggreg
     max_tokens = chunk_tokens(model, cfg.micro_batch_tokens)
     trained = ~skippable_rows(batch, cfg, entropy_coef).cpu()  # row bookkeeping stays on the CPU
     minibatches = list(torch.arange(B).chunk(cfg.minibatches))
+    mine = my_rows(trained, batch.attn.sum(1).cpu(), minibatches)  # under torchrun this rank's share, else all
     with phases("logprobs"):
-        old_logp = old_logprobs(model, batch, cfg, minibatches[0], trained, max_tokens)
+        old_logp = old_logprobs(model, batch, cfg, minibatches[0], mine, max_tokens)
         ref_logp = (chunked_logprobs(ref_model, batch, cfg.micro_batch, cfg.precision, max_tokens,
-                                     trained.nonzero()[:, 0]) if ref_model is not None else None)
+                                     mine.nonzero()[:, 0]) if ref_model is not None else None)
     params = list(lora.trainable_parameters(model)) + (list(value_head.parameters()) if value_head else [])
     stats = dict.fromkeys(("loss", "clip_frac", "entropy", "kl", "grad_norm", "value_loss"), 0.0)
     tokens = dict.fromkeys(("update_tokens", "update_padded_tokens"), 0.0)
@@ -463,8 +466,9 @@ def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggreg
         for i, mb in enumerate(minibatches):
             opt.zero_grad(set_to_none=True)
             with phases("fwd_bwd"):
-                sums = minibatch_gradients(model, batch, mb, trained, cfg, aggregate, value_head, entropy_coef,
+                sums = minibatch_gradients(model, batch, mb, mine, cfg, aggregate, value_head, entropy_coef,
                                            old_logp, ref_logp, fill_old=cfg.reuse_logprobs and epoch == 0 and i == 0)
+                sums = reduce_gradients(params, sums)  # torchrun: gradients and sums of every rank's rows
             with phases("optimizer"):
                 if not sums["padded_tokens"]:  # every row skipped: the zero gradient the full pass gives
                     for p in params:
@@ -513,9 +517,9 @@ def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
 def with_gae(model, value_head, batch: RLBatch, cfg: RLConfig) -> RLBatch:
     """`batch` with per-token GAE advantages, value targets and the old values (PPO)."""
     B, L = batch.ids.shape
-    old_values = torch.zeros((B, L - 1))
+    old_values = torch.zeros((B, L - 1), device=batch.ids.device)
     max_tokens = chunk_tokens(model, cfg.micro_batch_tokens)
-    for rows in row_chunks(torch.arange(B), batch.attn.sum(1), cfg.micro_batch, max_tokens):
+    for rows in row_chunks(torch.arange(B), batch.attn.sum(1).cpu(), cfg.micro_batch, max_tokens):
         ids, attn, comp = trimmed(batch, rows)
         with autocast(cfg.precision):
             _, _, v = completion_logprobs(model, ids, attn, comp, value_head)
@@ -561,7 +565,7 @@ def _policy(cfg: RLConfig, checkpoint: Path | None = None):
         # CPU flash attention's bf16 backward is slower than eager attention at RL lengths
         # (SmolLM2-135M, 16 rows x 100 tokens: 7.6 s vs 4.7 s); rollouts use ponder's decoder anyway.
         plain.set_attn_implementation("eager")
-    return model
+    return model.to(resolve_device(cfg.device))
 
 
 @dataclass
@@ -589,7 +593,7 @@ def _learner(model, cfg: RLConfig) -> Learner:
     groups = [{"params": list(lora.trainable_parameters(model)), "lr_scale": 1.0}]
     if cfg.advantage == "gae":
         torch.manual_seed(cfg.seed)
-        head = ValueHead(lora.plain_model(model).config.hidden_size, cfg.value_hidden)
+        head = ValueHead(lora.plain_model(model).config.hidden_size, cfg.value_hidden).to(device_of(model))
         groups.append({"params": list(head.parameters()), "lr_scale": cfg.value_lr_scale})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     return Learner(model, opt, head)
@@ -618,12 +622,13 @@ def reference_model(cfg: RLConfig):
     """The frozen start model for the KL term (and its tracking), or None."""
     if not (cfg.kl_coef > 0 or cfg.track_kl):
         return None
-    ref = load_model(cfg.model)[0]
+    ref = load_model(cfg.model, device=cfg.device)[0]
     return ref.requires_grad_(False)
 
 
 def train(cfg: RLConfig, resume: bool = False, log_prefix: str = "") -> Path:
-    with run_lock(cfg.out):  # one writer per run folder: a second run on it is refused, naming this pid
+    # one writer per run folder (under torchrun: rank 0): a second run on it is refused, naming this pid
+    with process_group(resolve_device(cfg.device)), run_lock(cfg.out) if is_main() else contextlib.nullcontext():
         return _train(cfg, resume, log_prefix)
 
 
@@ -640,15 +645,16 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
     model, opt = learner.model, learner.opt
     ref_model = reference_model(cfg)
     ck_root = out / "checkpoints"
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if is_main():  # under torchrun rank 0 alone writes: config, metrics, checkpoints, the model
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     advantage_fn = (lambda r: grpo_advantages(r, cfg.scale_rewards)) if cfg.advantage == "grpo" \
         else ADVANTAGES.get(cfg.advantage)  # None for gae: per-token advantages come from the critic
     aggregate = AGGREGATIONS[cfg.loss_agg]
     sampler = None  # the model rollouts sample from (a bf16 copy with precision = "bf16")
     hint = f"Resume with: ponder train --resume --out {out} (same recipe/flags)"
     name = "PPO" if cfg.advantage == "gae" else "GRPO"
-    with TrainingLoop(out, cfg.steps, start, f"{log_prefix}{name}", cfg.progress, cfg.tensorboard, cfg.save_every,
-                      hint) as loop:
+    with TrainingLoop(out if is_main() else None, cfg.steps, start, f"{log_prefix}{name}", cfg.progress and is_main(),
+                      cfg.tensorboard, cfg.save_every, hint) as loop:
         for step in loop:
             t0 = time.perf_counter()
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -665,7 +671,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
             metrics = dict(rolled.metrics)
             if rolled.groups:
                 model.train()
-                batch = build_batch(rolled, engine.pad_id, advantage_fn)
+                batch = move(build_batch(rolled, engine.pad_id, advantage_fn), device_of(model))
                 if learner.value_head is not None:
                     with phases("logprobs"):
                         batch = with_gae(model, learner.value_head, batch, cfg)
@@ -691,10 +697,12 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
             metrics.update(step_breakdown(phases.seconds, metrics["gen_seconds"], metrics["step_time"]))
             done = step + 1
             if loop.end_step(done, metrics, reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}",
-                             think=f"{metrics['think_len_mean']:.0f}"):
+                             think=f"{metrics['think_len_mean']:.0f}") and is_main():
                 ckpt.save(ck_root, done, model, tok, learner.state(cfg))
             loop.stop_if_asked(done)
     model.eval()
+    if not is_main():
+        return out / "model"
     final = save_model(lora.merged(model), tok, out / "model")  # LoRA: adapters folded in
     return final
 
@@ -714,6 +722,8 @@ def main(argv: list[str]) -> int:
         path = train(cfg, resume=args.resume)
     except KeyboardInterrupt:
         return 130
+    if not is_main():
+        return 0
     print(f"trained model: {path}")
     from ponder.rl.doctor import summary_lines
     for line in summary_lines(cfg.out):  # what `ponder doctor` sees in the run, in a few lines

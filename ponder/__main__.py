@@ -1,0 +1,7 @@
+"""`python -m ponder VERB ...` (what `torchrun ... -m ponder train RECIPE` runs in each process)."""
+
+import sys
+
+from ponder.cli import main
+
+sys.exit(main())
