@@ -284,3 +284,26 @@ def test_report_counts_exact_match_and_fields_per_slice(tmp_path):
     assert "| m (2.0 min wall, 1.0 CPU min) | all | 0.500 [0.09, 0.91] / 0.714 [0.45, 0.88] (n=2) |" in table
     assert "| | layout=ocr | 0.000 [0.00, 0.79] / 0.429 [0.16, 0.75] (n=1) |" in table
     assert "data" not in table  # a stage without an evaluation has no row
+
+
+def test_distractors_change_training_documents_only_and_add_no_amounts():
+    test_plain = inv.examples("test", 9, seed=2)
+    assert inv.examples("test", 9, seed=2, distractors=1.0) == test_plain  # test documents never change
+    plain = inv.examples("train", 60, seed=2)
+    noisy = inv.examples("train", 60, seed=2, distractors=1.0)
+    changed = [(a, b) for a, b in zip(plain, noisy) if a["prompt"] != b["prompt"]]
+    assert len(changed) > 40
+    labels = ("Contact", "Reply to", "Sent by", "Questions", "Printed", "Sent", "Generated", "Posted",
+              "Exported", "VAT ID", "Tax ID", "VAT reg. no.")
+    for a, b in changed:
+        assert a["answer"] == b["answer"]
+        extra = [line for line in b["prompt"].splitlines() if line not in a["prompt"].splitlines()]
+        assert extra and all(line in inv.TITLES or line.split(":")[0] in labels for line in extra), extra
+        for name in ("subtotal", "tax", "total"):  # no amount is added: a hidden one stays hidden
+            text = inv.format_number(Decimal(str(a["answer"][name])), a["number_format"])
+            assert (text in b["prompt"]) == (text in a["prompt"])
+    half = inv.examples("train", 200, seed=2, distractors=0.5)
+    share = sum(x["prompt"] != y["prompt"] for x, y in zip(half, inv.examples("train", 200, seed=2))) / 200
+    assert 0.35 < share < 0.65
+    with pytest.raises(ConfigError, match="distractors"):
+        inv.write_invoices("unused", train=1, test=1, distractors=1.5)

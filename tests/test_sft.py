@@ -138,3 +138,24 @@ def test_fresh_student_and_train_dispatch(setup, tmp_path):
     assert main([str(recipe)]) == 0
     cfg = json.loads((tmp_path / "student" / "config.json").read_text())
     assert cfg["init"].startswith("fresh student") and cfg["total_steps"] == 2 and cfg["params"] < 20_000
+
+
+def test_bf16_precision_trains_and_the_head_sees_completion_positions_only(setup, tmp_path, monkeypatch):
+    model_dir, traces = setup
+    seen = []
+    real = S.body_and_head
+
+    def spy(model):
+        body, head = real(model)
+        return body, lambda h: (seen.append(h.shape[0]), head(h))[1]
+
+    monkeypatch.setattr(S, "body_and_head", spy)
+    ids, attn, labels = collate([([1, 5, 6], [7, 8, 2]), ([1, 9], [4, 2])], pad_id=0)
+    from ponder.models.model import load_model
+    sft_loss(load_model(model_dir)[0], ids, attn, labels)
+    assert seen == [5]  # the LM head ran on the 5 completion positions, not on all 2 x 5
+    out = sft(_cfg(model_dir, traces, tmp_path / "run", precision="bf16", epochs=1))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert out.is_dir() and losses and all(l == l and l < 20 for l in losses)
+    with pytest.raises(ConfigError, match="fp16"):
+        _cfg(model_dir, traces, tmp_path / "x", precision="fp16")

@@ -507,6 +507,35 @@ RENDER = {"letterhead": render_letterhead, "keyvalue": render_keyvalue, "table":
 assert tuple(RENDER) == LAYOUTS
 
 
+# -- generic distractors for training documents -----------------------------------------------------
+TITLES = ("ORIGINAL", "COPY", "DUPLICATE", "Page 1 of 1", "PAYMENT REMINDER", "PRO FORMA", "Customer copy",
+          "DOCUMENT", "Remittance advice")
+DEPARTMENTS = ("Billing", "Accounts", "Sales", "Finance", "Invoicing", "Accounts Receivable")
+
+
+def distractor_lines(inv: Invoice, rng: random.Random) -> tuple[list[str], list[str]]:
+    """(lines for the top, lines for the header) that real documents carry and a reader must
+    skip: a title or copy mark above the vendor, a department contact that is not the vendor's
+    name, a printed/sent date that is not the invoice date, a VAT id that is not the invoice
+    number. No amount is ever added, so a hidden amount stays hidden."""
+    top = [rng.choice(TITLES)] if rng.random() < 0.4 else []
+    pool = [f"{rng.choice(('Contact', 'Reply to', 'Sent by', 'Questions'))}: {inv.vendor} "
+            f"{rng.choice(DEPARTMENTS)} <{inv.vendor_email}>",
+            f"{rng.choice(('Printed', 'Sent', 'Generated', 'Posted', 'Exported'))}: "
+            f"{day(inv, inv.date + dt.timedelta(days=rng.randint(1, 12)))}",
+            f"{rng.choice(('VAT ID', 'Tax ID', 'VAT reg. no.'))}: {inv.vat_id}"]
+    return top, [line for line in pool if rng.random() < 0.4]
+
+
+def with_distractors(doc: str, inv: Invoice, rng: random.Random) -> str:
+    """`doc` with `distractor_lines` inserted: the title first, the others among the first lines."""
+    top, header = distractor_lines(inv, rng)
+    lines = doc.split("\n")
+    for line in header:
+        lines.insert(rng.randint(1, min(len(lines), 6)), line)
+    return "\n".join(top + lines)
+
+
 # -- examples and files ---------------------------------------------------------------------------
 def layouts_of(split: str) -> tuple[str, ...]:
     if split == "train":
@@ -516,25 +545,30 @@ def layouts_of(split: str) -> tuple[str, ...]:
     raise ConfigError(f"split {split!r} is not valid; choose one of: train, test")
 
 
-def example(seed: int, split: str, index: int, computed_share: float = 0.3) -> dict:
+def example(seed: int, split: str, index: int, computed_share: float = 0.3, distractors: float = 0.0) -> dict:
     """Line `index` of `split`: a pure function of its arguments. Layouts take turns, so
-    every layout of the split is equally common."""
+    every layout of the split is equally common. A `distractors` share of training documents
+    gets `with_distractors` (drawn from its own stream: the documents without them, and every
+    test document, are the same as with `distractors = 0`)."""
     layouts = layouts_of(split)
     layout = layouts[index % len(layouts)]
     rng = random.Random(f"invoices/{seed}/{split}/{index}")
     inv = make_invoice(rng, layout, computed_share)
     doc = RENDER[layout](inv, rng)
+    extra = random.Random(f"invoices/{seed}/{split}/{index}/distractors")
+    if split == "train" and extra.random() < distractors:
+        doc = with_distractors(doc, inv, extra)
     return {"id": f"{split}-{index:05d}", "split": split, "prompt": doc, "answer": inv.gold(), "layout": layout,
             "layout_group": "held_out" if layout in HELD_OUT_LAYOUTS else "seen", "amounts": inv.amounts,
             "number_format": inv.number_format}
 
 
 def examples(split: str, n: int, seed: int = 0, computed_share: float = 0.3,
-             avoid: frozenset[str] | set[str] = frozenset()) -> list[dict]:
+             avoid: frozenset[str] | set[str] = frozenset(), distractors: float = 0.0) -> list[dict]:
     """`n` distinct examples of `split`, none whose document is in `avoid`."""
     out, seen, i = [], set(avoid), 0
     while len(out) < n:
-        row = example(seed, split, i, computed_share)
+        row = example(seed, split, i, computed_share, distractors)
         i += 1
         if row["prompt"] not in seen:
             seen.add(row["prompt"])
@@ -553,15 +587,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def write_invoices(out: str | Path, train: int, test: int, seed: int = 0, computed_share: float = 0.3) -> dict:
+def write_invoices(out: str | Path, train: int, test: int, seed: int = 0, computed_share: float = 0.3,
+                   distractors: float = 0.0) -> dict:
     """DIR/train.jsonl, DIR/test.jsonl and DIR/all.jsonl (both, with their `split`); returns the counts."""
-    if train < 0 or test < 0 or not 0 <= computed_share <= 1:
-        raise ConfigError(f"need train >= 0, test >= 0 and 0 <= computed_share <= 1; "
-                          f"got {train}, {test}, {computed_share}")
+    if train < 0 or test < 0 or not 0 <= computed_share <= 1 or not 0 <= distractors <= 1:
+        raise ConfigError(f"need train >= 0, test >= 0, 0 <= computed_share <= 1 and 0 <= distractors <= 1; "
+                          f"got {train}, {test}, {computed_share}, {distractors}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     test_rows = examples("test", test, seed, computed_share)
-    train_rows = examples("train", train, seed, computed_share, avoid={r["prompt"] for r in test_rows})
+    train_rows = examples("train", train, seed, computed_share, avoid={r["prompt"] for r in test_rows},
+                          distractors=distractors)
     write_jsonl(out / "train.jsonl", train_rows)
     write_jsonl(out / "test.jsonl", test_rows)
     write_jsonl(out / "all.jsonl", train_rows + test_rows)
@@ -579,6 +615,9 @@ class MakeDataConfig:
     test: int = option(300, "test lines (held-out layouts: %s)" % ", ".join(HELD_OUT_LAYOUTS))
     seed: int = option(0, "seed: every line is a pure function of (seed, split, index)")
     computed_share: float = option(0.3, "share of invoices with subtotal, tax or total left out (to be computed)")
+    distractors: float = option(0.0, "share of training documents given generic extra lines to skip (a title "
+                                "above the vendor, a department contact, a printed/sent date, a VAT id); "
+                                "test documents never change")
     out: str = option("data", "output folder: train.jsonl, test.jsonl and all.jsonl (both splits)")
 
     def __post_init__(self):
@@ -586,7 +625,7 @@ class MakeDataConfig:
 
 
 def make_data(cfg: MakeDataConfig) -> dict:
-    return GENERATORS[cfg.generator](cfg.out, cfg.train, cfg.test, cfg.seed, cfg.computed_share)
+    return GENERATORS[cfg.generator](cfg.out, cfg.train, cfg.test, cfg.seed, cfg.computed_share, cfg.distractors)
 
 
 # -- the report of a pipeline run ------------------------------------------------------------------
