@@ -307,3 +307,15 @@ def test_distractors_change_training_documents_only_and_add_no_amounts():
     assert 0.35 < share < 0.65
     with pytest.raises(ConfigError, match="distractors"):
         inv.write_invoices("unused", train=1, test=1, distractors=1.5)
+
+
+def test_documents_do_not_depend_on_the_string_hash_seed():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from ponder.tasks import invoices as inv; "
+            "print(json.dumps([r['prompt'] for r in inv.examples('train', 150, seed=0)]))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")}
+    assert len(outs) == 1

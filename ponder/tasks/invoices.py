@@ -205,6 +205,11 @@ def _faker(locale: str, seed: int):
 
     if locale not in _FAKERS:
         _FAKERS[locale] = Faker(locale)
+        for provider in _FAKERS[locale].providers:
+            # it_IT builds its city list from a set, so its order (and `city()`) followed
+            # PYTHONHASHSEED: sorted, every document is the same in every process
+            if isinstance(getattr(provider, "cities", None), list):
+                provider.cities = sorted(set(provider.cities))
     fake = _FAKERS[locale]
     fake.seed_instance(seed)
     return fake
