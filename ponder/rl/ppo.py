@@ -12,6 +12,9 @@ Open-Reasoner-Zero runs plain PPO with gamma = lam = 1 and no KL: then A_t is th
 final reward minus V_t, a per-token baseline learned instead of the group mean.
 Shapes: B rows, T completion positions, `mask` (B, T) marks real completion tokens
 (contiguous within a row).
+
+Also here: adaptive entropy control (Skywork-OR1), `entropy_coef_update` and
+`entropy_bonus_weight`, used by every advantage estimator, not only GAE.
 """
 
 from __future__ import annotations
