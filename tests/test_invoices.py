@@ -319,3 +319,20 @@ def test_documents_do_not_depend_on_the_string_hash_seed():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")}
     assert len(outs) == 1
+
+
+def test_rewrites_keep_the_facts_and_leave_test_documents_alone():
+    assert inv.examples("test", 9, seed=4, rewrites=1.0) == inv.examples("test", 9, seed=4)
+    plain, moved = inv.examples("train", 60, seed=4), inv.examples("train", 60, seed=4, rewrites=1.0)
+    changed = [(a, b) for a, b in zip(plain, moved) if a["prompt"] != b["prompt"]]
+    assert len(changed) > 10
+    phrased = 0
+    for a, b in changed:
+        assert a["answer"] == b["answer"]
+        gold = b["answer"]
+        assert gold["vendor"].casefold() in b["prompt"].casefold() and gold["invoice_number"] in b["prompt"]
+        phrased += any(line.startswith(("Issued on ", "This invoice is dated ")) or " dated " in line
+                       for line in b["prompt"].splitlines())
+    assert phrased > 3
+    with pytest.raises(ConfigError, match="rewrites=2"):
+        inv.write_invoices("unused", train=1, test=1, rewrites=2)

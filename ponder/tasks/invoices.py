@@ -541,6 +541,25 @@ def with_distractors(doc: str, inv: Invoice, rng: random.Random) -> str:
     return "\n".join(top + lines)
 
 
+def with_rewrites(doc: str, inv: Invoice, rng: random.Random) -> str:
+    """`doc` with the vendor's name and phone on one line, and the labelled invoice date
+    written as a phrase instead ("Invoice X dated D"): the same facts in forms a reader
+    must not learn to find by position or by label alone."""
+    lines = doc.split("\n")
+    for i, line in enumerate(lines[:3]):
+        if line.strip().casefold() == inv.vendor.casefold() and rng.random() < 0.6:
+            lines[i] = f"{line.strip()}{rng.choice((' - ', ' | ', ', Tel. ', ' / '))}{inv.vendor_phone}"
+            break
+    date = day(inv, inv.date)
+    for i, line in enumerate(lines):
+        label, sep, value = next(((line.partition(s)[0], s, line.partition(s)[2]) for s in (": ", " = ", " - ")
+                                  if s in line), ("", "", ""))
+        if label in DATE_LABELS and value == date and rng.random() < 0.7:
+            lines[i] = rng.choice((f"Issued on {date}", f"Invoice {inv.invoice_number} dated {date}",
+                                   f"This invoice is dated {date}."))
+    return "\n".join(lines)
+
+
 # -- examples and files ---------------------------------------------------------------------------
 def layouts_of(split: str) -> tuple[str, ...]:
     if split == "train":
@@ -550,11 +569,13 @@ def layouts_of(split: str) -> tuple[str, ...]:
     raise ConfigError(f"split {split!r} is not valid; choose one of: train, test")
 
 
-def example(seed: int, split: str, index: int, computed_share: float = 0.3, distractors: float = 0.0) -> dict:
+def example(seed: int, split: str, index: int, computed_share: float = 0.3, distractors: float = 0.0,
+            rewrites: float = 0.0) -> dict:
     """Line `index` of `split`: a pure function of its arguments. Layouts take turns, so
     every layout of the split is equally common. A `distractors` share of training documents
     gets `with_distractors` (drawn from its own stream: the documents without them, and every
-    test document, are the same as with `distractors = 0`)."""
+    test document, are the same as with `distractors = 0`); a `rewrites` share, likewise, gets
+    `with_rewrites`."""
     layouts = layouts_of(split)
     layout = layouts[index % len(layouts)]
     rng = random.Random(f"invoices/{seed}/{split}/{index}")
@@ -563,17 +584,21 @@ def example(seed: int, split: str, index: int, computed_share: float = 0.3, dist
     extra = random.Random(f"invoices/{seed}/{split}/{index}/distractors")
     if split == "train" and extra.random() < distractors:
         doc = with_distractors(doc, inv, extra)
+    other = random.Random(f"invoices/{seed}/{split}/{index}/rewrites")
+    if split == "train" and other.random() < rewrites:
+        doc = with_rewrites(doc, inv, other)
     return {"id": f"{split}-{index:05d}", "split": split, "prompt": doc, "answer": inv.gold(), "layout": layout,
             "layout_group": "held_out" if layout in HELD_OUT_LAYOUTS else "seen", "amounts": inv.amounts,
             "number_format": inv.number_format}
 
 
 def examples(split: str, n: int, seed: int = 0, computed_share: float = 0.3,
-             avoid: frozenset[str] | set[str] = frozenset(), distractors: float = 0.0) -> list[dict]:
+             avoid: frozenset[str] | set[str] = frozenset(), distractors: float = 0.0,
+             rewrites: float = 0.0) -> list[dict]:
     """`n` distinct examples of `split`, none whose document is in `avoid`."""
     out, seen, i = [], set(avoid), 0
     while len(out) < n:
-        row = example(seed, split, i, computed_share, distractors)
+        row = example(seed, split, i, computed_share, distractors, rewrites)
         i += 1
         if row["prompt"] not in seen:
             seen.add(row["prompt"])
@@ -593,16 +618,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_invoices(out: str | Path, train: int, test: int, seed: int = 0, computed_share: float = 0.3,
-                   distractors: float = 0.0) -> dict:
+                   distractors: float = 0.0, rewrites: float = 0.0) -> dict:
     """DIR/train.jsonl, DIR/test.jsonl and DIR/all.jsonl (both, with their `split`); returns the counts."""
-    if train < 0 or test < 0 or not 0 <= computed_share <= 1 or not 0 <= distractors <= 1:
-        raise ConfigError(f"need train >= 0, test >= 0, 0 <= computed_share <= 1 and 0 <= distractors <= 1; "
-                          f"got {train}, {test}, {computed_share}, {distractors}")
+    shares = {"computed_share": computed_share, "distractors": distractors, "rewrites": rewrites}
+    bad = {k: v for k, v in shares.items() if not 0 <= v <= 1}
+    if train < 0 or test < 0 or bad:
+        raise ConfigError(f"need train >= 0, test >= 0 and each share in [0, 1]; got train={train}, test={test}, "
+                          + ", ".join(f"{k}={v}" for k, v in shares.items()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     test_rows = examples("test", test, seed, computed_share)
     train_rows = examples("train", train, seed, computed_share, avoid={r["prompt"] for r in test_rows},
-                          distractors=distractors)
+                          distractors=distractors, rewrites=rewrites)
     write_jsonl(out / "train.jsonl", train_rows)
     write_jsonl(out / "test.jsonl", test_rows)
     write_jsonl(out / "all.jsonl", train_rows + test_rows)
@@ -623,6 +650,8 @@ class MakeDataConfig:
     distractors: float = option(0.0, "share of training documents given generic extra lines to skip (a title "
                                 "above the vendor, a department contact, a printed/sent date, a VAT id); "
                                 "test documents never change")
+    rewrites: float = option(0.0, "share of training documents whose vendor line carries its phone and whose "
+                             "labelled invoice date is written as a phrase; test documents never change")
     out: str = option("data", "output folder: train.jsonl, test.jsonl and all.jsonl (both splits)")
 
     def __post_init__(self):
@@ -630,7 +659,8 @@ class MakeDataConfig:
 
 
 def make_data(cfg: MakeDataConfig) -> dict:
-    return GENERATORS[cfg.generator](cfg.out, cfg.train, cfg.test, cfg.seed, cfg.computed_share, cfg.distractors)
+    return GENERATORS[cfg.generator](cfg.out, cfg.train, cfg.test, cfg.seed, cfg.computed_share, cfg.distractors,
+                                     cfg.rewrites)
 
 
 # -- the report of a pipeline run ------------------------------------------------------------------
