@@ -1,12 +1,15 @@
 """Benchmark: ponder's engine against Hugging Face `generate` on the same model, prompts and sampling.
 
     python bench/bench_engine.py [--model smollm2-135m] [--batches 1,8,64] [--threads 2] [--max-new-tokens 128]
+                                 [--ponder-precision fp32|bf16]
 
 Both sample at T = 1 from the same chat-formatted arithmetic prompts up to `--max-new-tokens`
 with a natural stop (EOS); tokens/s counts real tokens only (a row's tokens up to and
 including its EOS, never the padding of finished rows). Each batch size runs both tools
 side by side, ponder first, after one warm-up call each; the last line gives the ratio at
-the largest batch. A measurement, not a test.
+the largest batch. `--ponder-precision bf16` samples ponder from the bf16 weight copy
+its RL rollouts use (`rollout_copy`; HF stays fp32, as its users run it on a CPU): a
+different precision, printed in the header. A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 
 import torch
 
-from ponder.engine.engine import Engine, SamplingParams
+from ponder.engine.engine import Engine, SamplingParams, rollout_copy
 from ponder.models.model import load_model
 from ponder.tasks.spec import build_task, formatted
 from ponder.inference.evaluate import EvalConfig
@@ -57,15 +60,17 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--ponder-precision", choices=("fp32", "bf16"), default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, tok = load_model(a.model)
-    engine = Engine(model, tok)
+    engine = Engine(rollout_copy(model, a.ponder_precision), tok)
     batches = [int(b) for b in a.batches.split(",")]
     prompts = prompts_for(tok, max(batches))
     ponder_tokens_per_s(engine, prompts[:2], 8)  # warm-up
     hf_tokens_per_s(model, tok, prompts[:2], 8)
-    print(f"{a.model}, T = 1, <= {a.max_new_tokens} new tokens, natural stop, {a.threads} threads")
+    print(f"{a.model}, T = 1, <= {a.max_new_tokens} new tokens, natural stop, {a.threads} threads; "
+          f"ponder {a.ponder_precision} weights, HF fp32")
     ratio = None
     for b in batches:
         p = ponder_tokens_per_s(engine, prompts[:b], a.max_new_tokens)

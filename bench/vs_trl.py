@@ -20,8 +20,14 @@ Settings that differ, on purpose, and are printed: ponder runs bf16 matmuls
 the update, weights and optimizer fp32; `--ponder-precision fp32` turns it off);
 TRL runs as its users run it on a CPU, fp32 (`--trl-bf16` gives it bf16 autocast
 too). Neither computes a KL term (TRL's default beta = 0; ponder's track_kl
-off). Both do a forward/backward on every group, zero-variance ones included.
-TRL is a benchmark dependency only: `pip install trl`.
+off). TRL does a forward/backward on every group; ponder skips the rows whose
+advantage is exactly 0 (zero-variance groups) -- an exact speed-up, the same
+update (tests/test_exact_speedups.py) -- unless `--ponder-skip-zero-advantage off`.
+Each exact speed-up's on/off state is printed with ponder's step breakdown
+(generation, verification, log-prob passes, forward/backward, optimizer, other);
+for TRL the breakdown reads its generation, reward, no-grad log-prob and
+optimizer phases, and the rest is its forward/backward and everything else.
+TRL is a benchmark dependency only: `pip install -e .[bench]` (or `pip install trl datasets`).
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from breakdown import breakdown_lines
 from ponder.core.metrics import peak_rss_gb
 
 TEMPERATURE, LR = 1.0, 1e-6
@@ -69,10 +77,12 @@ def run_ponder(a, out: Path) -> dict:
                    prompts_per_step=a.prompts, group_size=a.group, max_new_tokens=a.max_tokens,
                    temperature=TEMPERATURE, lr=LR, warmup=1, track_kl=False, prompt_format="chat",
                    precision=a.ponder_precision, threads=a.threads, save_every=10**6, tensorboard=False,
-                   progress=False)
+                   progress=False, skip_zero_advantage=a.ponder_skip_zero_advantage == "on",
+                   reuse_logprobs=a.ponder_reuse_logprobs == "on")
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"step_seconds": [r["step_time"] for r in rows],
+            "breakdown": breakdown_lines(rows[1:], asdict(cfg)),
             "completion_tokens": [r["tokens_per_s"] * r["gen_seconds"] for r in rows],
             "zero_var": [r["zero_var_frac"] for r in rows],
             "precision": "bf16 rollouts + autocast" if a.ponder_precision == "bf16" else "fp32"}
@@ -101,6 +111,7 @@ def run_trl(a, out: Path) -> dict:
 
     marks: list[float] = []
     lengths: list[float] = []
+    phases: list[dict[str, float]] = [{}]  # per step: seconds of the phases TRL's methods show
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -108,6 +119,7 @@ def run_trl(a, out: Path) -> dict:
 
         def on_step_end(self, args, state, control, **kw):
             marks.append(time.perf_counter())
+            phases.append({})
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
@@ -121,12 +133,62 @@ def run_trl(a, out: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(folder)
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
                           reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=tok, callbacks=[Clock()])
+                          processing_class=tok, callbacks=[Clock(), optimizer_clock(phases)])
+    time_trl_phases(trainer, phases)
     trainer.train()
     step_s = [b - a for a, b in zip(marks, marks[1:])]
     return {"step_seconds": step_s, "completion_tokens": [m * a.prompts * a.group for m in lengths],
+            "breakdown": trl_breakdown_lines(step_s[1:], phases[1:len(step_s)]),
             "zero_var": [zero_var_fraction(g) for g in rewards_seen],
             "precision": "bf16 autocast" if a.trl_bf16 else "fp32"}
+
+
+def _timed(fn, phases: list[dict[str, float]], name: str, grad: bool | None = None):
+    """`fn`, adding its wall seconds to the current step's `name` (only when autograd is on / off, if `grad`)."""
+    import torch
+
+    def wrapper(*args, **kwargs):
+        if grad is not None and torch.is_grad_enabled() != grad:
+            return fn(*args, **kwargs)
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            phases[-1][name] = phases[-1].get(name, 0.0) + time.perf_counter() - t
+    return wrapper
+
+
+def time_trl_phases(trainer, phases: list[dict[str, float]]) -> None:
+    """Time TRL's generation, reward and no-grad log-prob phases by wrapping its methods on this instance."""
+    trainer._generate_single_turn = _timed(trainer._generate_single_turn, phases, "generation")
+    trainer._calculate_rewards = _timed(trainer._calculate_rewards, phases, "verification")
+    trainer._get_per_token_logps_and_entropies = _timed(trainer._get_per_token_logps_and_entropies, phases,
+                                                        "logprobs", grad=False)
+
+
+def optimizer_clock(phases: list[dict[str, float]]):
+    """A callback adding each optimizer step's seconds to the current step's phases."""
+    from transformers import TrainerCallback
+
+    class OptimizerClock(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_optimizer_step(self, args, state, control, **kw):
+            phases[-1]["optimizer"] = phases[-1].get("optimizer", 0.0) + time.perf_counter() - self.t
+    return OptimizerClock()
+
+
+def trl_breakdown_lines(step_s: list[float], phases: list[dict[str, float]]) -> list[str]:
+    """TRL's step breakdown: the phases read from its methods, the rest as forward/backward + other."""
+    if not step_s:
+        return []
+    n, step = len(step_s), statistics.mean(step_s)
+    mean = {k: sum(p.get(k, 0.0) for p in phases) / n for k in ("generation", "verification", "logprobs", "optimizer")}
+    mean["forward/backward + other"] = step - sum(mean.values())
+    lines = [f"trl step breakdown (mean of {n} steps, {step:.2f} s/step):"]
+    lines += [f"  {k:24s}{v:8.2f} s  {100 * v / step:5.1f}%" for k, v in mean.items()]
+    return lines
 
 
 def child(tool: str, args) -> int:
@@ -142,7 +204,7 @@ def summary(res: dict) -> dict:
     s, tok, zv = res["step_seconds"][1:], res["completion_tokens"][1:], res["zero_var"][1:]
     return {"s_per_step": statistics.mean(s), "tokens_per_s": sum(tok) / sum(s),
             "zero_var": statistics.mean(zv) if zv else float("nan"), "rss": res["peak_rss_gb"],
-            "precision": res["precision"], "steps": len(s)}
+            "precision": res["precision"], "steps": len(s), "breakdown": res.get("breakdown", [])}
 
 
 def main() -> int:
@@ -155,6 +217,10 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step (the comparison uses 8)")
     ap.add_argument("--group", type=int, default=8, help="samples per prompt (the comparison uses 8)")
     ap.add_argument("--max-tokens", type=int, default=128, help="completion token limit (the comparison uses 128)")
+    ap.add_argument("--ponder-skip-zero-advantage", choices=("on", "off"), default="on",
+                    help="ponder's exact speed-up: no forward/backward for rows with advantage 0")
+    ap.add_argument("--ponder-reuse-logprobs", choices=("on", "off"), default="on",
+                    help="ponder's exact speed-up: old log-probs from the update's own first forward")
     ap.add_argument("--only", choices=("ponder", "trl"), help="run one tool (what the parent does per child)")
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -169,7 +235,9 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--only", tool, "--result", str(path), "--model", args.model,
                    "--steps", str(args.steps), "--threads", str(args.threads), "--prompts", str(args.prompts),
                    "--group", str(args.group), "--max-tokens", str(args.max_tokens),
-                   "--ponder-precision", args.ponder_precision] + (["--trl-bf16"] if args.trl_bf16 else [])
+                   "--ponder-precision", args.ponder_precision,
+                   "--ponder-skip-zero-advantage", args.ponder_skip_zero_advantage,
+                   "--ponder-reuse-logprobs", args.ponder_reuse_logprobs] + (["--trl-bf16"] if args.trl_bf16 else [])
             print(f"running {tool} ...", flush=True)
             subprocess.run(cmd, check=True)
             results[tool] = summary(json.loads(path.read_text()))
@@ -179,6 +247,8 @@ def main() -> int:
     for tool, r in results.items():
         print(f"{tool:8s}{r['s_per_step']:10.1f}{r['tokens_per_s']:10.1f}{r['zero_var']:10.2f}"
               f"{r['rss']:9.2f}G  {r['precision']}")
+    for r in results.values():
+        print("\n".join(r["breakdown"]))
     print(f"ratio (TRL s/step / ponder s/step): {results['trl']['s_per_step'] / results['ponder']['s_per_step']:.2f}")
     return 0
 

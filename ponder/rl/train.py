@@ -401,41 +401,51 @@ def minibatch_gradients(model, batch: "RLBatch", mb: torch.Tensor, trained: torc
     (weighted by `CHUNK_WEIGHTS` against all of `mb`); returns the sums its metrics come from.
     With `fill_old`, each chunk's detached log-probs become its rows' old log-probs."""
     mask_mb, lengths = batch.comp[mb], batch.attn.sum(1).cpu()
-    weight = CHUNK_WEIGHTS[cfg.loss_agg]
     sums = dict.fromkeys(("loss", "clip_frac", "entropy", "kl", "value_loss", "tokens", "padded_tokens", "seen"), 0.0)
-    for rows in row_chunks(mb[trained[mb]], lengths, cfg.micro_batch, chunk_tokens(model, cfg.micro_batch_tokens)):
-        ids, attn, mask = trimmed(batch, rows)
-        T = mask.size(1)
-        with autocast(cfg.precision):
-            logp, entropy, values = completion_logprobs(model, ids, attn, mask, value_head, entropy_coef > 0,
-                                                        cfg.value_detach)
-        old = logp.detach() if old_logp is None or fill_old else old_logp[rows, :T]
-        if fill_old and old_logp is not None:
-            old_logp[rows, :T] = old
-        a = batch.adv[rows] if batch.adv.dim() == 1 else batch.adv[rows, :T]
-        per_tok, clipped = clipped_policy_loss(logp, old, a, cfg.clip_low, cfg.clip_high)
-        if values is not None:  # PPO's critic, trained on the same tokens
-            vl = clipped_value_loss(values, batch.old_values[rows, :T], batch.returns[rows, :T], cfg.value_clip)
-            per_tok = per_tok + cfg.value_coef * vl
-            sums["value_loss"] += (vl.detach() * mask).sum().item()
-        if entropy_coef > 0:
-            per_tok = per_tok - entropy_coef * entropy
-        kl = kl_k3(logp, ref_logp[rows, :T]) if ref_logp is not None else None
-        if kl is not None and cfg.kl_coef > 0:
-            per_tok = per_tok + cfg.kl_coef * kl
-        loss = aggregate(per_tok, mask) * weight(mask, mask_mb)
-        if not torch.isfinite(loss):
-            raise FloatingPointError("non-finite loss")
-        loss.backward()
-        with torch.no_grad():
-            sums["loss"] += loss.item()
-            sums["clip_frac"] += (clipped.float() * mask).sum().item()
-            sums["entropy"] += (entropy * mask).sum().item()
-            sums["kl"] += (kl * mask).sum().item() if kl is not None else 0.0
-            sums["seen"] += mask.sum().item()
-            sums["tokens"] += attn.sum().item()
-            sums["padded_tokens"] += attn.numel()
+    chunks = row_chunks(mb[trained[mb]], lengths, cfg.micro_batch, chunk_tokens(model, cfg.micro_batch_tokens))
+    with autocast(cfg.precision):  # one region for all chunks: autocast caches each weight's bf16 copy, cast once
+        for rows in chunks:
+            _chunk_gradients(model, batch, rows, mask_mb, cfg, aggregate, value_head, entropy_coef, old_logp,
+                             ref_logp, fill_old, sums)
     return sums
+
+
+def _chunk_gradients(model, batch, rows, mask_mb, cfg, aggregate, value_head, entropy_coef, old_logp, ref_logp,
+                     fill_old, sums) -> None:
+    """Forward, loss and backward of one row chunk of a minibatch (inside its autocast region),
+    adding its metric sums to `sums`."""
+    weight = CHUNK_WEIGHTS[cfg.loss_agg]
+    ids, attn, mask = trimmed(batch, rows)
+    T = mask.size(1)
+    logp, entropy, values = completion_logprobs(model, ids, attn, mask, value_head, entropy_coef > 0,
+                                                cfg.value_detach)
+    old = logp.detach() if old_logp is None or fill_old else old_logp[rows, :T]
+    if fill_old and old_logp is not None:
+        old_logp[rows, :T] = old
+    a = batch.adv[rows] if batch.adv.dim() == 1 else batch.adv[rows, :T]
+    per_tok, clipped = clipped_policy_loss(logp, old, a, cfg.clip_low, cfg.clip_high)
+    if values is not None:  # PPO's critic, trained on the same tokens
+        vl = clipped_value_loss(values, batch.old_values[rows, :T], batch.returns[rows, :T], cfg.value_clip)
+        per_tok = per_tok + cfg.value_coef * vl
+        sums["value_loss"] += (vl.detach() * mask).sum().item()
+    if entropy_coef > 0:
+        per_tok = per_tok - entropy_coef * entropy
+    kl = kl_k3(logp, ref_logp[rows, :T]) if ref_logp is not None else None
+    if kl is not None and cfg.kl_coef > 0:
+        per_tok = per_tok + cfg.kl_coef * kl
+    loss = aggregate(per_tok, mask) * weight(mask, mask_mb)
+    if not torch.isfinite(loss):
+        raise FloatingPointError("non-finite loss")
+    with torch.autocast(ids.device.type, enabled=False):  # backward in the forward's dtypes, as outside a region
+        loss.backward()
+    with torch.no_grad():
+        sums["loss"] += loss.item()
+        sums["clip_frac"] += (clipped.float() * mask).sum().item()
+        sums["entropy"] += (entropy * mask).sum().item()
+        sums["kl"] += (kl * mask).sum().item() if kl is not None else 0.0
+        sums["seen"] += mask.sum().item()
+        sums["tokens"] += attn.sum().item()
+        sums["padded_tokens"] += attn.numel()
 
 
 def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggregate, value_head=None,
@@ -595,7 +605,9 @@ def _learner(model, cfg: RLConfig) -> Learner:
         torch.manual_seed(cfg.seed)
         head = ValueHead(lora.plain_model(model).config.hidden_size, cfg.value_hidden).to(device_of(model))
         groups.append({"params": list(head.parameters()), "lr_scale": cfg.value_lr_scale})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    # fused: one kernel per tensor instead of a dozen elementwise passes over it (torch's CPU default
+    # is the per-tensor loop); the same math up to fp32 rounding. bench/bench_peak.py times both.
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99), fused=True)
     return Learner(model, opt, head)
 
 
