@@ -47,6 +47,7 @@ from ponder.tasks.base import Example, Task
 from ponder.models.value_head import ValueHead
 from ponder.rl.ppo import clipped_value_loss, entropy_bonus_weight, entropy_coef_update, gae, token_rewards, whiten
 from ponder.rl.rollout import Group, rollout, verdict_score
+from ponder.rl.tool_rollout import masked_completion
 from ponder.rl.sampling import PassHistory, choose, record
 
 
@@ -518,6 +519,7 @@ def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
     rewards = torch.stack(rolled.rewards)  # (P, G)
     adv = advantage_fn(rewards).reshape(-1) if advantage_fn is not None else torch.zeros(rewards.numel())
     ids, attn, comp = pack(samples, pad_id)
+    comp = masked_completion(comp, rolled.groups)  # tokens a tool wrote: no loss, no KL (ponder.rl.tool_rollout)
     invalid = torch.tensor([not ok for g in rolled.groups for ok in g.valid])
     comp[invalid] = 0.0  # a verifier failure teaches nothing: masked out of the loss
     return RLBatch(ids, attn, comp, adv, rewards=torch.nan_to_num(rewards.reshape(-1), nan=0.0))

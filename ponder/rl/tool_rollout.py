@@ -1,0 +1,204 @@
+"""Generation with tool calls inside the completion, over the engine's step-wise batch.
+
+`generate_with_tools` is `Engine.generate_ids` plus tools (`ponder.verifiers.tools`):
+
+1. every row decodes with the tools' closing tags (`</calc>`, `</python>`, ...) as
+   extra stop strings, so a row whose text reaches one leaves the batch;
+2. the call runs on a worker thread while the other rows keep decoding;
+3. when it returns, `<output>…</output>` is appended to the row's tokens and the row
+   rejoins the running batch with its whole context as the prompt and the rest of
+   its token limit (tool output counts toward the limit);
+4. a row's k-th segment (k = calls before it) samples from the stream of
+   `segment_seed(row seed, k)`: segment 0 is the plain row seed, so a completion
+   without calls equals the engine's, and no seed depends on which other rows are
+   in the batch or when the call returned. With the engine's guarantee that a
+   request's tokens do not depend on the rest of the batch, a row paused for a tool
+   gives the tokens it gives alone (tested).
+
+Each completion comes back as a `ToolSample`: the `Sample` of all its tokens, model
+and tool alike, in order, and a per-token `loss_mask` (1: sampled by the model,
+0: written by a tool) -- the policy loss and the KL must skip the zeros
+(`masked_completion`). `rollout_with_tools` is `ponder.rl.rollout.rollout` over it.
+
+Not yet supported: thinking budgets (the engine's forcer counts a segment, not the
+completion, so a budget with tools is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ponder.core.config import ConfigError
+from ponder.engine.engine import Engine, Sample, SamplingParams, row_seed
+from ponder.rl.rollout import Group, RewardFn, RolloutResult, rewards_of, verdict_score
+from ponder.tasks.base import Example, Task
+from ponder.verifiers.batch import verify_batch
+from ponder.verifiers.tools import ToolResult, Toolbox, output_text
+
+TOOL_THREADS = 8  # threads wait on sandboxes (or run trusted user tools); the GIL is free meanwhile
+
+
+@dataclass(frozen=True)
+class ToolSample:
+    sample: Sample  # the whole completion: the model's tokens and the tools' outputs, in order
+    loss_mask: tuple[int, ...]  # per token of sample.ids: 1 sampled by the model, 0 written by a tool
+    calls: tuple[ToolResult, ...]  # the calls made, in order
+
+
+@dataclass
+class _Progress:
+    """One row's completion so far, across its segments."""
+    i: int
+    j: int
+    seed: int
+    limit: int
+    ids: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    calls: list[ToolResult] = field(default_factory=list)
+
+
+def segment_seed(seed: int, k: int) -> int:
+    """The random stream of a row's segment after its k-th tool call (k = 0: the row's own seed).
+
+    >>> segment_seed(123, 0)
+    123
+    >>> segment_seed(123, 1) != segment_seed(123, 2)
+    True
+    """
+    if k == 0:
+        return seed
+    h = hashlib.blake2b(f"{seed}/tool/{k}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") >> 1
+
+
+def generate_with_tools(engine: Engine, prompt_ids: list[list[int]], n: int, params: SamplingParams,
+                        seeds: list[list[int]], limits: list[int], toolbox: Toolbox) -> list[ToolSample]:
+    """`Engine.generate_ids` with tool calls (see the module doc); rows in row-major order."""
+    if params.controls_thinking:
+        raise ConfigError("thinking budgets are not supported with tools yet (the budget would count per "
+                          "segment); drop thinking_budget/min_thinking or the tools")
+    tool_params = replace(params, stop=tuple(params.stop) + tuple(s for s in toolbox.stops if s not in params.stop))
+    batch = engine.batch()
+    owner: dict[int, tuple[int, int | None]] = {}  # request id -> (prompt i, sample j; None: all of the first segment)
+    rows = {(i, j): _Progress(i, j, seeds[i][j], limits[i]) for i in range(len(prompt_ids)) for j in range(n)}
+    for i, p in enumerate(prompt_ids):
+        owner[batch.add(p, tool_params, seeds[i][:n], limits[i])] = (i, None)
+    done: dict[tuple[int, int], ToolSample] = {}
+    waiting: dict[Future, _Progress] = {}
+    with ThreadPoolExecutor(TOOL_THREADS) as pool:
+        while batch.running or waiting:
+            if batch.running:
+                batch.step()
+            else:
+                wait(list(waiting), return_when=FIRST_COMPLETED)
+            for s in batch.take_finished():
+                i, j = owner[s.prompt_index]
+                row = rows[i, j if j is not None else s.sample_index]
+                call = _segment_done(engine, row, s, toolbox)
+                if call is not None and len(row.ids) < row.limit:
+                    waiting[pool.submit(toolbox.call, *call, len(row.calls))] = row
+                else:  # done, or a call with no room left for its output
+                    done[row.i, row.j] = _finish(engine, prompt_ids[row.i], row,
+                                                 "length" if call is not None else s.finish)
+            for fut in [f for f in waiting if f.done()]:
+                row = waiting.pop(fut)
+                rid = _resume(engine, batch, prompt_ids[row.i], row, fut.result(), tool_params)
+                if rid is None:
+                    done[row.i, row.j] = _finish(engine, prompt_ids[row.i], row, "length")
+                else:
+                    owner[rid] = (row.i, row.j)
+    return [done[i, j] for i in range(len(prompt_ids)) for j in range(n)]
+
+
+def _segment_done(engine: Engine, row: _Progress, s: Sample, toolbox: Toolbox) -> tuple[str, str] | None:
+    """Add a finished segment to its row; the (tag, argument) of the call it ends with, if any."""
+    row.ids += s.ids
+    row.mask += [1] * len(s.ids)
+    if s.finish != "stop":
+        return None
+    return toolbox.find_call(engine.tok.decode(row.ids[-512:], skip_special_tokens=True))
+
+
+def _resume(engine: Engine, batch, prompt: list[int], row: _Progress, result: ToolResult,
+            params: SamplingParams) -> int | None:
+    """Append the call's output and rejoin the batch; None when no token of the limit is left."""
+    row.calls.append(result)
+    out = engine.tok(output_text(result), add_special_tokens=False)["input_ids"]
+    out = out[: row.limit - len(row.ids)]
+    row.ids += out
+    row.mask += [0] * len(out)
+    room = row.limit - len(row.ids)
+    if room < 1:
+        return None
+    return batch.add(prompt + row.ids, params, [segment_seed(row.seed, len(row.calls))], room)
+
+
+def _finish(engine: Engine, prompt: list[int], row: _Progress, finish: str) -> ToolSample:
+    """The row's whole completion as one Sample (text and section counts over all its tokens)."""
+    body = row.ids[:-1] if finish == "eos" else row.ids
+    text = engine.tok.decode(body, skip_special_tokens=True)
+    think, answer = engine.count_sections(body, text)
+    sample = Sample(row.i, row.j, tuple(prompt), tuple(row.ids), text, finish, think, answer)
+    return ToolSample(sample, tuple(row.mask), tuple(row.calls))
+
+
+# ------------------------------------------------------------------ rollouts, loss masks, metrics
+
+@dataclass(frozen=True)
+class ToolGroup(Group):
+    """A `Group` whose completions may hold tool output: loss_masks[j][t] is 0 for a tool's token."""
+    loss_masks: tuple[tuple[int, ...], ...] = ()  # (n,) per completion token
+    calls: tuple[tuple[ToolResult, ...], ...] = ()  # (n,) the calls of each completion
+
+
+def rollout_with_tools(engine: Engine, task: Task, examples: list[Example], n: int, params: SamplingParams,
+                       seed: int, toolbox: Toolbox, reward: RewardFn = verdict_score, index_offset: int = 0,
+                       policy_version: int = 0) -> RolloutResult:
+    """`ponder.rl.rollout.rollout` with tools: the same seeding rule, groups carrying their loss masks."""
+    t0 = time.perf_counter()
+    ids = [engine.encode(ex.prompt) for ex in examples]
+    seeds = [[row_seed(seed, index_offset + i, j) for j in range(n)] for i in range(len(examples))]
+    flat = generate_with_tools(engine, ids, n, params, seeds, [params.max_new_tokens] * len(examples), toolbox)
+    seconds = time.perf_counter() - t0
+    verdicts = verify_batch(task, [t.sample.text for t in flat], [ex for ex in examples for _ in range(n)])
+    groups = []
+    for i, ex in enumerate(examples):
+        part, vs = flat[i * n:(i + 1) * n], tuple(verdicts[i * n:(i + 1) * n])
+        samples = tuple(t.sample for t in part)
+        groups.append(ToolGroup(ex, samples, vs, rewards_of(samples, vs, reward), policy_version,
+                                loss_masks=tuple(t.loss_mask for t in part), calls=tuple(t.calls for t in part)))
+    model_tokens = sum(sum(t.loss_mask) for t in flat)
+    return RolloutResult(groups, model_tokens, seconds)
+
+
+def masked_completion(comp: torch.Tensor, groups: list[Group]) -> torch.Tensor:
+    """The completion mask of `pack` (B, L-1) with every tool-output token set to 0: no loss, no KL.
+
+    Row b's completion token t is predicted at column len(prompt) - 1 + t (see `pack`).
+    Groups without loss masks (no tools) are left as they are.
+    """
+    masks = [m for g in groups for m in (g.loss_masks if isinstance(g, ToolGroup) else [()] * len(g.samples))]
+    if not any(masks):
+        return comp
+    out = comp.clone()
+    samples = [s for g in groups for s in g.samples]
+    for b, (s, m) in enumerate(zip(samples, masks)):
+        if m:
+            start = len(s.prompt_ids) - 1
+            out[b, start:start + len(m)] *= torch.tensor(m, dtype=out.dtype)
+    return out
+
+
+def tool_metrics(groups: list[Group]) -> dict[str, float]:
+    """Calls per completion, the share of calls that failed, tool seconds, and tool tokens per completion."""
+    tooled = [g for g in groups if isinstance(g, ToolGroup)]
+    calls = [c for g in tooled for cs in g.calls for c in cs]
+    rows = sum(len(g.samples) for g in groups) or 1
+    tool_tokens = sum(len(m) - sum(m) for g in tooled for m in g.loss_masks)
+    return {"tool_calls": len(calls) / rows, "tool_errors": sum(c.error for c in calls) / max(1, len(calls)),
+            "tool_seconds": sum(c.seconds for c in calls), "tool_tokens": tool_tokens / rows}
