@@ -1,18 +1,25 @@
 """Benchmark: `ponder serve` throughput and latency with 1, 8, 32, 64 concurrent streaming clients.
 
-    python bench/bench_serve.py [--model tiny] [--threads 1] [--requests 8] [--min-requests 32] [--max-seconds 60]
+    python bench/bench_serve.py [--model tiny] [--threads 1] [--engine process,thread] [--rounds 3]
+                                [--requests 8] [--min-requests 32] [--max-seconds 60]
 
-Starts `ponder serve MODEL` as its own process on a free loopback port, then for
+Starts `ponder serve MODEL --engine E` as its own process on a free loopback port
+for each `--engine` mode asked for (process: the decode loop in a process of its
+own, the default of `ponder serve`; thread: in the server process), then for
 each concurrency level runs that many clients, each sending `--requests`
 streaming chat requests one after another (at least `--min-requests` per level
 in all, so one client sends 32), with arithmetic prompts, reasoning effort high,
 temperature 1 and fixed seeds; no new request starts after `--max-seconds`.
 Per level it prints the aggregate decode rate (completion tokens from the usage
 chunks / wall time), time to first token (p50, p95) and request latency (p50,
-p95), the server process's CPU share of one core, its tokens per CPU-second and
-the rows decoded per engine step (tokens / steps: how full the batch was).
-All levels run once per round, `--rounds` rounds; the last line is the median
-32-client aggregate rate divided by the median 1-client one.
+p95), the server's CPU share of one core (its engine process included), its
+tokens per CPU-second, the rows decoded per engine step (tokens / steps: how
+full the batch was), and the load generator's own CPU share (this script's
+clients run in this process, not the server's; on a 2-core machine they take a
+share of the CPU the server could use, so it is shown).
+All levels (and modes) run once per round, `--rounds` rounds, interleaved, so a
+change in a shared machine's load hits all alike; the last lines give each
+mode's median 32-client aggregate rate divided by its median 1-client one.
 This is a measurement, not a test.
 """
 
@@ -22,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -42,11 +50,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, threads: int) -> subprocess.Popen:
+def start_server(model: str, port: int, threads: int, engine: str = "process") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ponder.cli", "serve", model, "--port", str(port), "--threads", str(threads),
-           "--max-batch", "64"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
+           "--max-batch", "64", "--engine", engine]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_up(proc: subprocess.Popen, port: int, timeout: float = 600) -> subprocess.Popen:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.stdout.read()}")
@@ -56,7 +67,7 @@ def start_server(model: str, port: int, threads: int) -> subprocess.Popen:
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise SystemExit("server did not start in 120 s")
+    raise SystemExit(f"server did not start in {timeout:.0f} s")
 
 
 def prompts(n: int) -> list[str]:
@@ -119,46 +130,103 @@ async def level(url: str, model: str, clients: int, requests: int, max_seconds: 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far (Linux /proc), NaN elsewhere."""
+    """User + system CPU time so far of process `pid` and the processes it started (the server's
+    engine process), from Linux /proc; NaN elsewhere."""
     try:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return own + sum(cpu_seconds(c) for c in children(pid))
     except (OSError, ValueError, IndexError):
         return float("nan")
 
 
+def children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
 def report(r: dict) -> str:
-    return (f"{r['clients']:>7} {r['round']:>5} {r['requests']:>8} {r['errors']:>6} {r['tokens']:>7} "
+    return (f"{r['engine']:>7} {r['clients']:>7} {r['round']:>5} {r['requests']:>8} {r['errors']:>6} {r['tokens']:>7} "
             f"{r['tokens_per_s']:>8.0f} {r['ttft_p50']:>8.3f}s {r['ttft_p95']:>8.3f}s "
             f"{r['latency_p50']:>7.3f}s {r['latency_p95']:>7.3f}s {r['server_cpu_share']:>6.0%} "
-            f"{r['tokens_per_cpu_s']:>9.0f} {r['rows_per_step']:>9.1f}")
+            f"{r['tokens_per_cpu_s']:>9.0f} {r['rows_per_step']:>9.1f} {r['client_cpu_share']:>6.0%}")
 
 
-def run_rounds(url: str, args, pool: list[str], per_client: dict, pid: int) -> list[dict]:
-    """Every level once per round, rounds one after another: a change in the machine's load
-    (it may be shared) then hits all levels alike instead of one."""
+HEADER = (f"{'engine':>7} {'clients':>7} {'round':>5} {'requests':>8} {'errors':>6} {'tokens':>7} {'tok/s':>8} "
+          f"{'TTFT p50':>9} {'TTFT p95':>9} {'lat p50':>8} {'lat p95':>8} {'srvCPU':>6} {'tok/cpu-s':>9} "
+          f"{'rows/step':>9} {'genCPU':>6}")
+
+
+def own_cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def measure(server: dict, args, clients: int, requests: int, pool: list[str], k: int) -> dict:
+    """One level against one server, with the server's and this process's CPU time."""
+    url, pid = server["url"], server["proc"].pid
+    cpu0, gen0 = cpu_seconds(pid), own_cpu()
+    steps0 = httpx.get(url + "/health", timeout=5).json()["steps"]
+    r = asyncio.run(level(url, args.model, clients, requests, args.max_seconds, args.max_tokens, pool))
+    cpu, gen = cpu_seconds(pid) - cpu0, own_cpu() - gen0  # the server's tokens per CPU-second
+    steps = httpx.get(url + "/health", timeout=5).json()["steps"] - steps0
+    return {**r, "engine": server["engine"], "round": k, "server_cpu_s": cpu, "server_cpu_share": cpu / r["wall_s"],
+            "tokens_per_cpu_s": r["tokens"] / cpu if cpu > 0 else float("nan"),
+            "rows_per_step": r["tokens"] / steps if steps else float("nan"), "client_cpu_share": gen / r["wall_s"]}
+
+
+def run_rounds(servers: list[dict], args, pool: list[str], per_client: dict) -> list[dict]:
+    """Every level of every mode once per round, rounds one after another: a change in the
+    machine's load (it may be shared) then hits all levels alike instead of one."""
     rows = []
-    print(f"{'clients':>7} {'round':>5} {'requests':>8} {'errors':>6} {'tokens':>7} {'tok/s':>8} "
-          f"{'TTFT p50':>9} {'TTFT p95':>9} {'lat p50':>8} {'lat p95':>8} {'srvCPU':>6} {'tok/cpu-s':>9} {'rows/step':>9}")
+    print(HEADER)
     for k in range(args.rounds):
         for c in LEVELS:
-            cpu0, steps0 = cpu_seconds(pid), httpx.get(url + "/health", timeout=5).json()["steps"]
-            r = asyncio.run(level(url, args.model, c, per_client[c], args.max_seconds, args.max_tokens, pool))
-            cpu = cpu_seconds(pid) - cpu0  # the server's CPU time for this level: its tokens per CPU-second
-            steps = httpx.get(url + "/health", timeout=5).json()["steps"] - steps0
-            rows.append({**r, "round": k, "server_cpu_s": cpu, "server_cpu_share": cpu / r["wall_s"],
-                         "tokens_per_cpu_s": r["tokens"] / cpu if cpu > 0 else float("nan"),
-                         "rows_per_step": r["tokens"] / steps if steps else float("nan")})
-            print(report(rows[-1]), flush=True)
-            if r["errors"]:
-                print(f"        first error: {r['first_error'][0]}")
+            for server in servers:
+                rows.append(measure(server, args, c, per_client[c], pool, k))
+                print(report(rows[-1]), flush=True)
+                if rows[-1]["errors"]:
+                    print(f"        first error: {rows[-1]['first_error'][0]}")
     return rows
+
+
+def summary(rows: list[dict], engine: str, rounds: int) -> dict:
+    mine = [r for r in rows if r["engine"] == engine]
+    med = {c: statistics.median(r["tokens_per_s"] for r in mine if r["clients"] == c) for c in LEVELS}
+    per_cpu = {c: statistics.median(r["tokens_per_cpu_s"] for r in mine if r["clients"] == c) for c in LEVELS}
+    ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a in mine for b in mine
+              if a["clients"] == 32 and b["clients"] == 1 and a["round"] == b["round"]]
+    print(f"[{engine}] median tokens/s: " + ", ".join(f"{c} clients {v:.0f}" for c, v in med.items()))
+    print(f"[{engine}] median tokens per server CPU-second: "
+          + ", ".join(f"{c} clients {v:.0f}" for c, v in per_cpu.items()) + f" (32/1: {per_cpu[32] / per_cpu[1]:.1f}x)")
+    print(f"[{engine}] 32-client / 1-client tokens/s per round: " + ", ".join(f"{x:.1f}x" for x in ratios))
+    print(f"[{engine}] 32-client aggregate decode tokens/s / 1-client (medians over {rounds} rounds): "
+          f"{med[32]:.0f} / {med[1]:.0f} = {med[32] / med[1]:.1f}x")
+    return {"median_tokens_per_s": med, "median_tokens_per_cpu_s": per_cpu, "ratio_per_round": ratios,
+            "ratio_32_1": med[32] / med[1]}
+
+
+def start_all(args) -> list[dict]:
+    servers = []
+    for engine in args.engine.split(","):
+        if engine not in ("process", "thread"):
+            raise SystemExit(f"--engine {engine!r}: valid modes are process, thread (comma-separated)")
+        port = free_port()
+        servers.append({"engine": engine, "url": f"http://127.0.0.1:{port}", "port": port,
+                        "proc": start_server(args.model, port, args.threads, engine)})
+    for s in servers:  # all loading at once
+        wait_up(s["proc"], s["port"])
+    return servers
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server's engine")
+    ap.add_argument("--engine", default="process", help="server modes to measure, comma-separated: process, thread")
     ap.add_argument("--requests", type=int, default=8, help="requests per client at each level")
     ap.add_argument("--min-requests", type=int, default=32, help="requests per level at least")
     ap.add_argument("--rounds", type=int, default=3, help="times every level is run; medians are reported")
@@ -166,32 +234,26 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--json", default="", help="also write the results here")
     args = ap.parse_args()
-    port = free_port()
-    server = start_server(args.model, port, args.threads)
-    url = f"http://127.0.0.1:{port}"
     per_client = {c: max(args.requests, -(-args.min_requests // c)) for c in LEVELS}
     pool = prompts(max(c * k for c, k in per_client.items()))
+    servers = start_all(args)
     try:
-        asyncio.run(level(url, args.model, 4, 1, 30, args.max_tokens, pool))  # warm-up, not reported
-        rows = run_rounds(url, args, pool, per_client, server.pid)
-        health = httpx.get(url + "/health", timeout=5).json()
-        print(f"server after the run: {health['status']}, running {health['running_requests']}, "
-              f"queued {health['queued_requests']}, errors {sum(r['errors'] for r in rows)}")
+        for s in servers:  # warm-up, not reported
+            asyncio.run(level(s["url"], args.model, 4, 1, 30, args.max_tokens, pool))
+        rows = run_rounds(servers, args, pool, per_client)
+        for s in servers:
+            health = httpx.get(s["url"] + "/health", timeout=5).json()
+            print(f"[{s['engine']}] server after the run: {health['status']}, running {health['running_requests']}, "
+                  f"queued {health['queued_requests']}, errors "
+                  f"{sum(r['errors'] for r in rows if r['engine'] == s['engine'])}")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    med = {c: statistics.median(r["tokens_per_s"] for r in rows if r["clients"] == c) for c in LEVELS}
-    per_cpu = {c: statistics.median(r["tokens_per_cpu_s"] for r in rows if r["clients"] == c) for c in LEVELS}
-    print("median tokens/s: " + ", ".join(f"{c} clients {v:.0f}" for c, v in med.items()))
-    print("median tokens per server CPU-second: " + ", ".join(f"{c} clients {v:.0f}" for c, v in per_cpu.items())
-          + f" (32/1: {per_cpu[32] / per_cpu[1]:.1f}x; on a shared machine the server's CPU share, srvCPU, "
-            f"bounds the wall-clock rate)")
+        for s in servers:
+            s["proc"].terminate()
+            s["proc"].wait(timeout=30)
+    out = {s["engine"]: summary(rows, s["engine"], args.rounds) for s in servers}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "levels": rows, "median_tokens_per_s": med,
-                       "median_tokens_per_cpu_s": per_cpu, "cpus": os.cpu_count()}, f, indent=1)
-    print(f"32-client aggregate decode tokens/s / 1-client (medians over {args.rounds} rounds): "
-          f"{med[32]:.0f} / {med[1]:.0f} = {med[32] / med[1]:.1f}x")
+            json.dump({"args": vars(args), "levels": rows, "summary": out, "cpus": os.cpu_count()}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ Q = "12345+67890=?"  # the built-in base thinks on some samples of this one (see
 
 
 @pytest.fixture(scope="module")
-def server():
+def server():  # the engine in its own process, as `ponder serve` runs it
     with RunningServer(ServeConfig(api_key=KEY, max_batch=64)) as s:
         yield s
 
@@ -180,7 +180,7 @@ def test_hidden_reasoning_per_request_is_counted_not_returned(oai):
 
 @pytest.mark.parametrize("mode", ["hidden", "summary"])
 def test_server_wide_reasoning_modes(mode):
-    with RunningServer(ServeConfig(api_key=KEY, reasoning=mode)) as s:
+    with RunningServer(ServeConfig(api_key=KEY, reasoning=mode, engine="thread")) as s:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0)
         r = ask(c, n=8, seed=0, reasoning_effort="high")
         tokens = r.usage.completion_tokens_details.reasoning_tokens
@@ -305,8 +305,9 @@ def test_malformed_oversized_and_unauthorized_requests(server):
     assert httpx.get(server.url + "/nope", headers={"x-api-key": KEY}).status_code == 404
 
 
-def test_a_full_queue_answers_429_with_retry_after():
-    with RunningServer(ServeConfig(max_batch=1, max_queue=1)) as s:
+@pytest.mark.parametrize("engine", ["process", "thread"])
+def test_a_full_queue_answers_429_with_retry_after(engine):
+    with RunningServer(ServeConfig(max_batch=1, max_queue=1, engine=engine)) as s:
         body = {"model": "tiny", "messages": [{"role": "user", "content": Q}], "max_tokens": 200,
                 "thinking_budget": -1, "stream": True}
 
@@ -320,8 +321,9 @@ def test_a_full_queue_answers_429_with_retry_after():
         assert httpx.get(s.url + "/health").json()["running_requests"] == 0
 
 
-def test_a_client_that_goes_away_has_its_rows_dropped():
-    with RunningServer(ServeConfig(max_tokens=200)) as s:
+@pytest.mark.parametrize("engine", ["process", "thread"])
+def test_a_client_that_goes_away_has_its_rows_dropped(engine):
+    with RunningServer(ServeConfig(max_tokens=200, engine=engine)) as s:
         # temperature 2: near-uniform sampling, so the 8 rows run for long (EOS is one token in ~100)
         body = {"model": "tiny", "messages": [{"role": "user", "content": Q}], "max_tokens": 200,
                 "thinking_budget": -1, "stream": True, "temperature": 2.0, "n": 8}
@@ -330,7 +332,7 @@ def test_a_client_that_goes_away_has_its_rows_dropped():
                 next(r.iter_lines())  # the first chunk, then hang up
         for _ in range(200):
             h = httpx.get(s.url + "/health").json()
-            if h["running_requests"] == 0:
+            if h["running_requests"] == h["queued_requests"] == 0:
                 break
             asyncio.run(asyncio.sleep(0.02))
         assert h["running_requests"] == 0 and h["dropped_requests"] == 1, h
@@ -359,6 +361,23 @@ def test_64_concurrent_streaming_clients_all_succeed(server):
     h = httpx.get(server.url + "/health").json()
     assert h["status"] == "ok" and h["running_requests"] == 0 and h["queued_requests"] == 0
     assert ask(openai.OpenAI(base_url=server.url + "/v1", api_key=KEY), max_tokens=16).choices[0].message.content
+
+
+def test_an_engine_process_that_dies_fails_requests_not_the_server():
+    with RunningServer(ServeConfig(max_tokens=200)) as s:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": Q}], "max_tokens": 200,
+                "thinking_budget": -1, "stream": True, "temperature": 2.0, "n": 8}
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                lines = r.iter_lines()
+                next(lines)
+                s.service.worker._proc.kill()  # the engine process dies mid-stream
+                rest = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+        assert "engine process exited" in rest[-1]["error"]["message"]
+        h = httpx.get(s.url + "/health")
+        assert h.status_code == 503 and h.json()["status"] == "unavailable", h.json()
+        r = httpx.post(s.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=30)
+        assert r.status_code == 503 and "engine process exited" in r.json()["error"]["message"]
 
 
 def test_sampling_params_keep_room_for_the_answer():
@@ -392,7 +411,7 @@ def test_stream_split_never_takes_back_what_it_sent():
 def test_a_waiting_non_streaming_request_is_dropped_when_its_client_leaves(monkeypatch):
     import ponder.serve.service as service_mod
     monkeypatch.setattr(service_mod, "DISCONNECT_POLL_S", 0.005)
-    with RunningServer(ServeConfig()) as s:
+    with RunningServer(ServeConfig(engine="thread")) as s:
         svc = s.service
 
         async def run():

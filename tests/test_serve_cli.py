@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -60,7 +61,24 @@ def test_serve_process_answers_openai_and_anthropic_clients_then_stops():
                                     thinking={"type": "enabled", "budget_tokens": 16}) as stream:
             text = "".join(stream.text_stream)
         assert text
+        kids = children(proc.pid)
+        assert kids  # the engine runs in a process of its own
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode is not None
+    deadline = time.monotonic() + 30
+    while any(alive(k) for k in kids):  # the server's processes leave with it
+        assert time.monotonic() < deadline, [k for k in kids if alive(k)]
+        time.sleep(0.1)
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for t in os.listdir(f"/proc/{pid}/task") for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

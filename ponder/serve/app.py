@@ -5,7 +5,8 @@
 Routes: `POST /v1/chat/completions`, `GET /v1/models` (OpenAI), `POST /v1/messages`
 (Anthropic), `POST /v1beta/models/MODEL:generateContent` and `:streamGenerateContent`
 (Gemini), `GET /health`, and a chat page at `/`. Requests are decoded together
-by continuous batching (`ponder.serve.worker`) on the step-wise engine.
+by continuous batching (`ponder.serve.worker`) on the step-wise engine, which runs
+in a process of its own (`ponder.serve.engine_proc`; `--engine thread`: in this one).
 
 Safety: 127.0.0.1 by default; with an API key (`--api-key` or $PONDER_API_KEY) every
 route but /health and the static page needs it, as `Authorization: Bearer KEY`,
@@ -29,7 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ponder.serve.reasoning import RequestError
-from ponder.serve.service import ServeConfig, Service
+from ponder.serve.service import ServeConfig, Service, start_worker
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/health", "/")  # reachable without the key: a liveness probe and a static page
@@ -125,8 +126,11 @@ def create_app(service: Service, api_key: str = "") -> FastAPI:
     app.include_router(gemini_api.router)
 
     @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": service.name, "auth": bool(api_key), **service.worker.stats()}
+    def health():
+        stats = service.worker.stats()
+        ok = stats.get("engine", "running") == "running"  # "exited: why" once the engine process has died
+        body = {"status": "ok" if ok else "unavailable", "model": service.name, "auth": bool(api_key), **stats}
+        return body if ok else JSONResponse(body, status_code=503)
 
     @app.get("/")
     def page():
@@ -153,8 +157,9 @@ def build(cfg: ServeConfig):
     """(app, service) for `cfg`: the model loaded, the batching worker running."""
     from ponder.engine.engine import Engine
     from ponder.models.model import load_model
+    worker = start_worker(None, cfg) if cfg.engine == "process" else None  # loads its copy meanwhile
     model, tok = load_model(cfg.model, device=cfg.device)
-    service = Service(Engine(model, tok), cfg)
+    service = Service(Engine(model, tok), cfg, worker)
     return create_app(service, cfg.api_key or os.environ.get("PONDER_API_KEY", "")), service
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from ponder.core.config import DEVICES, ConfigError, check_choices, option
 from ponder.engine.engine import Engine, Sample, SamplingParams, row_seed
 from ponder.serve.reasoning import REASONING_MODES, RequestError, StreamSplit, sampling_params
+from ponder.serve.engine_proc import EngineGone, EngineProcess
 from ponder.serve.worker import Busy, Job, Worker
 from ponder.core.think import THINK_OPEN
 
@@ -24,6 +25,9 @@ DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks its 
 # of a token, and the CPU saved goes to decoding (bench/bench_serve.py). A reader cannot
 # tell 10 ms apart; with few streams nothing waits.
 COALESCE_FROM, COALESCE_S = 8, 0.01
+
+
+ENGINE_MODES = ("process", "thread")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class ServeConfig:
     max_body: int = option(1_000_000, "largest request body in bytes (413 beyond)")
     name: str = option("", "model id the API reports and accepts; default: MODEL as given")
     threads: int = option(0, "torch CPU threads (0: torch's default)")
+    engine: str = option("process", "where the decode loop runs: process (its own process, so the HTTP side "
+                                    "and the engine never wait on each other for Python's GIL) or thread "
+                                    "(a thread of the server process)", choices=ENGINE_MODES)
     device: str = option("auto", "where the model runs: auto (a GPU when torch sees one, else the CPU), cpu or cuda",
                          choices=DEVICES)
 
@@ -75,14 +82,26 @@ class Delta:
     sample: Sample | None
 
 
+def start_worker(engine: Engine | None, cfg: ServeConfig):
+    """The batching worker `cfg` asks for: an `EngineProcess` (which loads `cfg.model` itself, so
+    `engine` may still be None) or a `Worker` thread on `engine`."""
+    if cfg.engine == "process":
+        return EngineProcess(cfg.model, cfg.device, cfg.threads, cfg.max_batch, cfg.max_queue)
+    return Worker(engine, cfg.max_batch, cfg.max_queue)
+
+
 class Service:
-    def __init__(self, engine: Engine, cfg: ServeConfig):
+    def __init__(self, engine: Engine, cfg: ServeConfig, worker=None):
+        """`engine` gives the tokenizer, the config and the thread worker's model; `worker`: one
+        `start_worker` started already (default: started here)."""
         self.engine, self.tok, self.cfg = engine, engine.tok, cfg
         self.name = cfg.name or cfg.model
         conf = engine.model.config
         self.context = int(getattr(conf, "max_position_embeddings", 0) or 2048)
         self.thinks = None not in engine.think_ids  # budgets need single <think> and </think> tokens
-        self.worker = Worker(engine, cfg.max_batch, cfg.max_queue)
+        self.worker = worker or start_worker(engine, cfg)
+        if isinstance(self.worker, EngineProcess):
+            self.worker.wait_ready()
         self.streams = 0  # streaming responses open now
 
     def close(self) -> None:
@@ -154,6 +173,8 @@ class Service:
         except Busy as e:
             raise RequestError(None, f"server busy: {e}; retry shortly", 429, "rate_limit_error",
                                headers={"Retry-After": "1"}) from None
+        except EngineGone as e:
+            raise RequestError(None, f"server unavailable: {e}", 503, "api_error") from None
 
     async def results(self, plan: Plan, is_disconnected=None) -> list[Sample]:
         """All samples, in choice order; the job is dropped if the client goes away."""
@@ -178,7 +199,13 @@ class Service:
                 self.worker.cancel(job)
 
     async def stream(self, plan: Plan):
-        """Deltas as tokens arrive (everything queued is taken at once); drops the job if abandoned."""
+        """Deltas as tokens arrive; drops the job if abandoned."""
+        async for deltas in self.stream_batches(plan):
+            for delta in deltas:
+                yield delta
+
+    async def stream_batches(self, plan: Plan):
+        """Lists of deltas: everything queued at once becomes one list, which a route sends in one write."""
         job = plan.job
         ids: list[list[int]] = [[] for _ in range(job.rows)]
         splits = [StreamSplit(plan.opened, plan.stops) for _ in range(job.rows)]
@@ -191,10 +218,10 @@ class Service:
                     await asyncio.sleep(COALESCE_S)
                 while not job.queue.empty():
                     items.append(job.queue.get_nowait())
-                for delta in self._deltas(items, ids, splits):
-                    left -= delta.sample is not None
-                    sent = sent or bool(delta.reasoning or delta.content)
-                    yield delta
+                deltas = self._deltas(items, ids, splits)
+                left -= sum(d.sample is not None for d in deltas)
+                sent = sent or any(d.reasoning or d.content for d in deltas)
+                yield deltas
         finally:
             self.streams -= 1
             if left:

@@ -7,10 +7,11 @@ hand each job its new tokens and finished samples. A request never waits for
 the others to finish: it joins at the next step, and its result is delivered
 the step its last row finishes.
 
-Handing over: per step, one `call_soon_threadsafe` per event loop delivers all
-jobs' updates (not one per token), and each job's consumer drains everything
-queued at once, so a busy server sends fewer, larger stream chunks rather than
-falling behind.
+Handing over: per step, one call of `deliver` hands over all jobs' updates (not
+one per token). In a server process that is one `call_soon_threadsafe` per
+event loop, and each job's consumer drains everything queued at once, so a busy
+server sends fewer, larger stream chunks rather than falling behind; in the
+engine process of `ponder.serve.engine_proc` it is one message to the server.
 
 Back-pressure: at most `max_queue` jobs wait for room; beyond that `submit`
 raises `Busy` at once (the HTTP layer answers 429 with Retry-After), never a
@@ -47,10 +48,11 @@ class Job:
     params: SamplingParams
     seeds: list[int]
     limit: int
-    loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop | None  # where updates go (None: a job of the engine process)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     rid: int | None = None
     left: int = 0  # samples not finished yet
+    tag: int = 0  # the server's id of a job run by the engine process
 
     @property
     def rows(self) -> int:
@@ -58,10 +60,18 @@ class Job:
 
 
 class Worker:
-    """Owns an `Engine` batch and steps it in a background thread."""
+    """Owns an `Engine` batch and steps it in a background thread.
 
-    def __init__(self, engine: Engine, max_batch: int = 64, max_queue: int = 256):
+    `deliver(updates)` gets each loop's [(job, item), ...] (by default: into the jobs'
+    queues on their event loops); `started`: also a ("started", None) item when a job
+    joins the batch and a ("dropped", None) item when a cancelled job is dropped (the
+    engine process tells the server which jobs wait and which have gone).
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = 64, max_queue: int = 256, deliver=None,
+                 started: bool = False):
         self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
+        self._deliver, self._started = deliver or _deliver_all, started
         self.batch = engine.batch(max_rows=max_batch, trim=True)
         self._cv = threading.Condition()
         self._inbox: deque[Job] = deque()
@@ -109,12 +119,15 @@ class Worker:
                     return
                 cancelled, self._cancelled = self._cancelled, []
                 admitted = self._take_admissible()
+            updates: list[tuple[Job, tuple]] = []
             for job in cancelled:
-                self._drop(job)
+                if self._drop(job) and self._started:
+                    updates.append((job, ("dropped", None)))
             for job in admitted:
-                self._admit(job)
+                self._admit(job, updates)
             if self._jobs:
-                self._step()
+                self._step(updates)
+            self._deliver(updates)  # once per loop: also when only drops happened (stats changed)
 
     def _take_admissible(self) -> list[Job]:
         """Waiting jobs that fit in the batch now, oldest first (called under the lock)."""
@@ -129,40 +142,44 @@ class Worker:
             out.append(job)
         return out
 
-    def _drop(self, job: Job) -> None:
+    def _drop(self, job: Job) -> bool:
+        """Drop `job` if it waits or runs (False: it has finished already)."""
         with self._cv:
             if job in self._inbox:
                 self._inbox.remove(job)
                 self.dropped += 1
-                return
+                return True
         if job.rid is not None and self._jobs.pop(job.rid, None) is not None:
             self.batch.drop(job.rid)
             self.dropped += 1
+            return True
+        return False
 
-    def _admit(self, job: Job) -> None:
+    def _admit(self, job: Job, updates: list) -> None:
         try:
             job.rid = self.batch.add(job.prompt_ids, job.params, job.seeds, job.limit)
         except Exception as e:  # refused by the engine: tell this request, keep serving the others
-            _deliver(job.loop, [(job, ("error", str(e)))])
+            updates.append((job, ("error", str(e))))
             return
         self._jobs[job.rid] = job
+        if self._started:
+            updates.append((job, ("started", None)))
 
-    def _step(self) -> None:
+    def _step(self, updates: list) -> None:
         try:
             events = self.batch.step()
             finished = self.batch.take_finished()
         except Exception as e:  # never leave requests hanging: fail the running ones, start afresh
             log.exception("engine step failed")
-            updates = [(job, ("error", f"generation failed: {e}")) for job in self._jobs.values()]
+            updates += [(job, ("error", f"generation failed: {e}")) for job in self._jobs.values()]
             self._jobs.clear()
             self.batch = self.engine.batch(max_rows=self.max_batch, trim=True)
-            _deliver_all(updates)
             return
         self.steps += 1
         tokens: dict[int, list[tuple[int, int]]] = {}
         for ev in events:
             tokens.setdefault(ev.rid, []).append((ev.j, ev.token))
-        updates = [(self._jobs[rid], ("tokens", tks)) for rid, tks in tokens.items() if rid in self._jobs]
+        updates += [(self._jobs[rid], ("tokens", tks)) for rid, tks in tokens.items() if rid in self._jobs]
         for s in finished:
             job = self._jobs.get(s.prompt_index)
             if job is None:
@@ -171,10 +188,10 @@ class Worker:
             job.left -= 1
             if job.left == 0:
                 del self._jobs[s.prompt_index]
-        _deliver_all(updates)
 
 
 def _deliver_all(updates: list[tuple[Job, tuple]]) -> None:
+    """Each event loop's updates in one `call_soon_threadsafe`."""
     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
     for job, item in updates:
         by_loop.setdefault(job.loop, []).append((job, item))
