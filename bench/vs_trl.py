@@ -159,11 +159,13 @@ def _timed(fn, phases: list[dict[str, float]], name: str, grad: bool | None = No
 
 
 def time_trl_phases(trainer, phases: list[dict[str, float]]) -> None:
-    """Time TRL's generation, reward and no-grad log-prob phases by wrapping its methods on this instance."""
-    trainer._generate_single_turn = _timed(trainer._generate_single_turn, phases, "generation")
-    trainer._calculate_rewards = _timed(trainer._calculate_rewards, phases, "verification")
-    trainer._get_per_token_logps_and_entropies = _timed(trainer._get_per_token_logps_and_entropies, phases,
-                                                        "logprobs", grad=False)
+    """Time TRL's generation, reward and no-grad log-prob phases by wrapping its methods on this instance
+    (names of TRL 1.x; a TRL without one of them shows that phase as 0 and its time under the rest)."""
+    for method, phase, grad in (("_generate_single_turn", "generation", None),
+                                ("_calculate_rewards", "verification", None),
+                                ("_get_per_token_logps_and_entropies", "logprobs", False)):
+        if hasattr(trainer, method):
+            setattr(trainer, method, _timed(getattr(trainer, method), phases, phase, grad))
 
 
 def optimizer_clock(phases: list[dict[str, float]]):
