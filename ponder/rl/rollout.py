@@ -44,6 +44,9 @@ class Group:
     verdicts: tuple[Verdict, ...]  # (n,), one per sample
     rewards: tuple[float, ...]  # (n,), NaN where the verdict is invalid (the checker could not judge)
     policy_version: int = 0  # the policy step that sampled this group
+    # (n,) per completion token, the log-probs under the policy that sampled (asynchronous RL's
+    # behaviour policy, filled in by rollout workers when rollouts may lag); () when not computed
+    behaviour_logprobs: tuple[tuple[float, ...], ...] = ()
 
     @property
     def correct(self) -> list[bool]:

@@ -29,6 +29,8 @@ from ponder.core import checkpoint as ckpt
 from ponder.core.device import autocast as autocast_bf16, move, of as device_of, resolve as resolve_device
 from ponder.core.lock import run_lock
 from ponder.rl.distributed import is_main, my_rows, process_group, reduce_gradients, sharded_rollout
+from ponder.rl.offpolicy import staleness_metrics, with_importance_weights
+from ponder.rl.workers import check_config as check_workers_config, rollout_workers
 from ponder.models import lora
 from ponder.core import config as C
 from ponder.tasks.spec import TaskFields, is_file_task, make_task, sandbox_lines
@@ -135,9 +137,18 @@ class RLConfig(RunFields, TaskFields):
     lora_targets: str = option("all-linear", "modules that get adapters: all-linear or names like q_proj,v_proj")
     trust_grader: bool = option(False, "train on a .jsonl task even when `ponder probe` finds that its grader "
                                 "rewards an empty, degenerate or copied answer (refused by default)")
+    rollout_workers: int = option(0, "Ray actors that generate and verify rollouts, each on its share of a step's "
+                                  "prompts (0 = in this process); needs pip install 'ponder[distributed]'")
+    max_staleness: int = option(0, "with rollout workers: how many policy versions the rollouts may lag the "
+                                "update (step s samples with the weights after step s - K, while the trainer "
+                                "updates); 0 = synchronous, the local loop's numbers exactly")
+    ray_address: str = option("", "Ray cluster to join (e.g. ray://host:10001); empty = a local Ray on this machine")
+    is_cap: float = option(2.0, "max_staleness >= 1: truncation of the importance weight pi_prox / pi_behaviour "
+                           "of each token of a lagging rollout")
 
     def __post_init__(self):
         check_choices(self)
+        check_workers_config(self)
         if self.micro_batch < 0 or self.lora_rank < 0:
             raise ConfigError(f"micro_batch and lora_rank must be >= 0, got {self.micro_batch}, {self.lora_rank}")
         if self.micro_batch_tokens < -1:
@@ -425,6 +436,8 @@ def _chunk_gradients(model, batch, rows, mask_mb, cfg, aggregate, value_head, en
         old_logp[rows, :T] = old
     a = batch.adv[rows] if batch.adv.dim() == 1 else batch.adv[rows, :T]
     per_tok, clipped = clipped_policy_loss(logp, old, a, cfg.clip_low, cfg.clip_high)
+    if batch.is_weight is not None:  # rollouts that lag the policy (max_staleness >= 1)
+        per_tok = per_tok * batch.is_weight[rows, :T]
     if values is not None:  # PPO's critic, trained on the same tokens
         vl = clipped_value_loss(values, batch.old_values[rows, :T], batch.returns[rows, :T], cfg.value_clip)
         per_tok = per_tok + cfg.value_coef * vl
@@ -512,6 +525,7 @@ class RLBatch:
     rewards: torch.Tensor | None = None  # (B,) sequence rewards (0 where invalid)
     returns: torch.Tensor | None = None  # (B, L-1) value targets (GAE)
     old_values: torch.Tensor | None = None  # (B, L-1) the value head before the update (GAE)
+    is_weight: torch.Tensor | None = None  # (B, L-1) truncated importance weights of lagging rollouts (offpolicy)
 
 
 def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
@@ -523,6 +537,13 @@ def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
     invalid = torch.tensor([not ok for g in rolled.groups for ok in g.valid])
     comp[invalid] = 0.0  # a verifier failure teaches nothing: masked out of the loss
     return RLBatch(ids, attn, comp, adv, rewards=torch.nan_to_num(rewards.reshape(-1), nan=0.0))
+
+
+def importance_weighted(model, batch: RLBatch, groups: list[Group], cfg: RLConfig) -> tuple[RLBatch, dict]:
+    """(`batch` with truncated importance weights, their statistics) for rollouts that lag the
+    policy (`ponder.rl.offpolicy`): the proximal log-probs are the current weights'."""
+    prox = chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, chunk_tokens(model, cfg.micro_batch_tokens))
+    return with_importance_weights(batch, groups, prox, cfg.is_cap)
 
 
 @torch.no_grad()
@@ -668,7 +689,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
     hint = f"Resume with: ponder train --resume --out {out} (same recipe/flags)"
     name = "PPO" if cfg.advantage == "gae" else "GRPO"
     with TrainingLoop(out if is_main() else None, cfg.steps, start, f"{log_prefix}{name}", cfg.progress and is_main(),
-                      cfg.tensorboard, cfg.save_every, hint) as loop:
+                      cfg.tensorboard, cfg.save_every, hint) as loop, rollout_workers(cfg, tok) as pool:
         for step in loop:
             t0 = time.perf_counter()
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -676,19 +697,24 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                 g["lr"] = lr * g.get("lr_scale", 1.0)  # the critic may learn faster than the policy
             model.eval()
             sampler = rollout_copy(lora.plain_model(model), cfg.precision, sampler)
-            engine = Engine(sampler, tok)
+            engine = Engine(sampler, tok) if pool is None else pool.publish(sampler, step)  # version = steps done
             phases = Phases()  # the step's breakdown (`step_breakdown`)
             with phases("rollout"):
-                rolled = sample_groups(engine, task, cfg, step, learner.pass_history)
+                rolled = sample_groups(engine, task, cfg, step, learner.pass_history) if pool is None else \
+                    pool.ahead(step, cfg.steps, lambda s: sample_groups(pool, task, cfg, s, learner.pass_history))
             if cfg.difficulty_sampling:
                 learner.pass_history = record(learner.pass_history or PassHistory(cfg.difficulty_window), list(rolled.seen))
-            metrics = dict(rolled.metrics)
+            metrics = {**rolled.metrics, **(staleness_metrics(rolled.groups, step) if pool is not None else {})}
             if rolled.groups:
                 model.train()
                 batch = move(build_batch(rolled, engine.pad_id, advantage_fn), device_of(model))
                 if learner.value_head is not None:
                     with phases("logprobs"):
                         batch = with_gae(model, learner.value_head, batch, cfg)
+                if cfg.max_staleness:  # lagging rollouts: each token weighted by pi_prox / pi_behaviour, truncated
+                    with phases("logprobs"):
+                        batch, off_policy = importance_weighted(model, batch, rolled.groups, cfg)
+                    metrics.update(off_policy)
                 t1 = time.perf_counter()
                 bonus = entropy_bonus_weight(learner.entropy_coef, learner.entropy_seen, cfg.entropy_target) \
                     if cfg.entropy_target else 0.0

@@ -1,0 +1,196 @@
+"""Rollout workers as Ray actors: `ponder train --rollout-workers N [--max-staleness K]`.
+
+The trainer stays in the driver; N actors each hold a copy of the policy and the task,
+and run the same `rollout()` as the local loop on a contiguous share of a step's prompts,
+with the row seeds of the prompts' global indices -- so a worker's groups are the ones
+the local loop would sample from the same weights (tested: `--max-staleness 0` gives the
+local loop's metrics and final weights).
+
+- Weights: after each update the driver `publish`es the sampling policy's weights as one
+  Ray object, version = steps done. Every rollout call carries the version it must sample
+  with (and a reference to its weights), so a call is self-contained: a worker that died
+  is restarted by Ray (`max_restarts`) and the call re-issued (`max_task_retries`) gives
+  the same groups.
+- Staleness: step s samples with version max(0, s - K), in a background thread, while the
+  trainer updates on step s - 1 .. s - K. K = 0 is the synchronous loop. The groups carry
+  the version that sampled them (`Group.policy_version`); metrics log the lag and, with
+  K >= 1, the truncated importance weights (`ponder.rl.offpolicy`) that correct for it.
+
+Ray is an extra: `pip install 'ponder[distributed]'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import torch
+
+from ponder.core.config import ConfigError
+from ponder.rl.distributed import share, world
+from ponder.rl.rollout import RolloutResult, rollout
+
+INSTALL = "pip install 'ponder[distributed]'"
+
+
+def import_ray():
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(f"--rollout-workers needs the Python package 'ray', which is not installed; "
+                                  f"install it with: {INSTALL}", name="ray") from None
+    return ray
+
+
+def check_config(cfg) -> None:
+    """Combinations the workers refuse, and why (called from `RLConfig.__post_init__`)."""
+    if cfg.rollout_workers < 0 or cfg.max_staleness < 0:
+        raise ConfigError(f"rollout_workers and max_staleness must be >= 0, got {cfg.rollout_workers}, "
+                          f"{cfg.max_staleness}")
+    if cfg.is_cap < 1:
+        raise ConfigError(f"is_cap must be >= 1 (a weight cap below 1 would shrink even on-policy tokens), "
+                          f"got {cfg.is_cap}")
+    if cfg.max_staleness and not cfg.rollout_workers:
+        raise ConfigError(f"max_staleness = {cfg.max_staleness} needs rollout workers to sample ahead of the "
+                          f"update: set rollout_workers >= 1 (0 = the local synchronous loop)")
+    if cfg.rollout_workers and cfg.lora_rank:
+        raise ConfigError("rollout_workers with lora_rank > 0 is not supported yet: workers load full weights")
+    if cfg.max_staleness and getattr(cfg, "difficulty_sampling", False):
+        raise ConfigError("max_staleness >= 1 with difficulty_sampling: the prompts of a step sampled ahead "
+                          "cannot follow the pass rates of the steps not yet trained; use max_staleness = 0")
+
+
+class RolloutWorker:
+    """One process: a copy of the sampling policy, the task, and the local `rollout`."""
+
+    def __init__(self, cfg):
+        from ponder.core.config import set_threads
+        from ponder.engine.engine import Engine, rollout_copy
+        from ponder.models.model import load_model
+        from ponder.tasks.spec import make_task
+        set_threads(cfg.threads or 1)
+        model, tok = load_model(cfg.model, device=cfg.device)
+        self.model = rollout_copy(model, cfg.precision)  # the dtype the trainer samples in
+        self.engine = Engine(self.model, tok)
+        self.task = make_task(cfg, tok)
+        self.pad_id = self.engine.pad_id
+        self.with_logprobs = cfg.max_staleness > 0  # the behaviour policy's log-probs, for the IS correction
+        self.version: int | None = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def rollout(self, weights: list, version: int, examples, n, params, seed, index_offset, max_tokens,
+                reward) -> RolloutResult:
+        if version != self.version:  # `weights` is [ObjectRef]: fetched only when the version changed
+            import ray
+            self.model.load_state_dict(ray.get(weights[0]))
+            self.version = version
+        out = rollout(self.engine, self.task, examples, n, params, seed, index_offset=index_offset,
+                      max_tokens=max_tokens, reward=reward, policy_version=version)
+        if not self.with_logprobs:
+            return out
+        groups = [replace(g, behaviour_logprobs=sampled_logprobs(self.model, g.samples, self.pad_id))
+                  for g in out.groups]
+        return replace(out, groups=groups)
+
+
+@torch.no_grad()
+def sampled_logprobs(model, samples, pad_id: int) -> tuple[tuple[float, ...], ...]:
+    """Per sample, the log-prob of each completion token under `model` (teacher-forced, one batch)."""
+    rows = [list(s.prompt_ids) + list(s.ids) for s in samples]
+    L = max(map(len, rows))
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, r in enumerate(rows):  # right padding: a row's positions do not move
+        ids[i, :len(r)], attn[i, :len(r)] = torch.tensor(r), 1
+    dev = next(model.parameters()).device
+    logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits[:, :-1].float()  # (B, L-1, V)
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None].to(dev)).squeeze(-1).cpu()  # (B, L-1)
+    return tuple(tuple(logp[i, len(s.prompt_ids) - 1:len(s.prompt_ids) - 1 + len(s.ids)].tolist())
+                 for i, s in enumerate(samples))
+
+
+class RolloutPool:
+    """N rollout actors behind the interface `sample_groups` uses (`remote_rollout`, `pad_id`)."""
+
+    def __init__(self, cfg, tok):
+        self.ray = ray = import_ray()
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False)
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(RolloutWorker)
+        self.workers = [actor.remote(cfg) for _ in range(cfg.rollout_workers)]
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.staleness = cfg.max_staleness
+        self.published: dict[int, object] = {}  # version -> ObjectRef of its weights
+        self.cond = threading.Condition()
+        self.ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts-ahead")
+        self.pending: dict = {}
+
+    def publish(self, model, version: int) -> "RolloutPool":
+        """Make `model`'s weights the policy of `version` (= steps done); keeps the last K + 1."""
+        ref = self.ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        with self.cond:
+            self.published[version] = ref
+            for old in [v for v in self.published if v < version - self.staleness]:
+                del self.published[old]
+            self.cond.notify_all()
+        return self
+
+    def weights_for(self, step: int) -> tuple[int, object]:
+        """(version, weights) step `step` samples with: max(0, step - K), waiting until it is published."""
+        version = max(0, step - self.staleness)
+        with self.cond:
+            self.cond.wait_for(lambda: version in self.published or max(self.published, default=-1) > version)
+            version = version if version in self.published else min(v for v in self.published if v > version)
+            return version, self.published[version]
+
+    def remote_rollout(self, task, examples, n, params, seed, index_offset: int = 0, max_tokens=None,
+                       reward=None, policy_version: int = 0, **_) -> RolloutResult:
+        """`rollout` of `examples` split over the workers; `policy_version` is the step."""
+        version, ref = self.weights_for(policy_version)
+        W, calls = len(self.workers), []
+        for r, worker in enumerate(self.workers):
+            lo, hi = share(len(examples), W, r)
+            if lo < hi:
+                calls.append(worker.rollout.remote([ref], version, examples[lo:hi], n, params, seed,
+                                                   index_offset + lo, max_tokens[lo:hi] if max_tokens else None,
+                                                   reward))
+        parts = self.ray.get(calls)
+        return RolloutResult([g for p in parts for g in p.groups], sum(p.generated_tokens for p in parts),
+                             max(p.seconds for p in parts))  # the workers generate at the same time
+
+    def ahead(self, step: int, total: int, sample):
+        """`sample(step)`'s result, with steps step+1 .. step+K already started in the background."""
+        for s in range(step, min(step + self.staleness, total - 1) + 1):
+            if s not in self.pending:
+                self.pending[s] = self.ahead_pool.submit(sample, s)
+        return self.pending.pop(step).result()
+
+    def pids(self) -> list[int]:
+        return self.ray.get([w.pid.remote() for w in self.workers])
+
+    def close(self) -> None:
+        for f in self.pending.values():
+            f.cancel()
+        self.ahead_pool.shutdown(wait=True, cancel_futures=True)
+        for w in self.workers:
+            self.ray.kill(w)
+
+
+@contextlib.contextmanager
+def rollout_workers(cfg, tok):
+    """The pool for the run (None when `cfg.rollout_workers` is 0: the local loop)."""
+    if not cfg.rollout_workers:
+        yield None
+        return
+    if world() > 1:
+        raise ConfigError("rollout_workers under torchrun is not supported: use one or the other")
+    pool = RolloutPool(cfg, tok)
+    try:
+        yield pool
+    finally:
+        pool.close()
