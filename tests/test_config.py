@@ -65,3 +65,24 @@ def test_a_missing_optional_package_names_the_extra(monkeypatch, capsys):
     monkeypatch.setattr(cli.importlib, "import_module", fake)
     assert cli_main(["serve", "tiny"]) == 2
     assert "pip install 'ponder[serve]'" in capsys.readouterr().err
+
+
+def test_a_single_verb_reads_a_pipeline_recipes_task_and_shared_settings(tmp_path):
+    """`ponder eval RECIPE --data FILE` on a pipeline recipe: the [task] table (grader found beside
+    the recipe) and the [pipeline] settings the verb has; the stages are not its business."""
+    from ponder.inference.evaluate import EvalConfig
+    from ponder.stages.sft import SFTConfig
+
+    (tmp_path / "g.toml").write_text('[grader]\nkind = "string"\n')
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[task]\ndata = "@data"\ngrader = "g.toml"\ntemplate = "Q: {prompt}"\n'
+                      '[pipeline]\nmax_new_tokens = 77\nthreads = 1\neval_problems = 9\n'
+                      '[[stage]]\nname = "data"\nkind = "data"\n[[stage]]\nname = "e"\nkind = "eval"\n')
+    ev = C.build(EvalConfig, C.load_toml(recipe, "eval", known=EvalConfig.__dataclass_fields__))
+    assert (ev.max_new_tokens, ev.threads, ev.template) == (77, 1, "Q: {prompt}")
+    assert ev.grader == str(tmp_path / "g.toml")
+    sft = C.load_toml(recipe, "sft", known=SFTConfig.__dataclass_fields__)
+    assert "max_new_tokens" not in sft and "stage" not in sft and sft["threads"] == 1
+    with pytest.raises(C.ConfigError, match="@data.*pipeline.*--data FILE.jsonl"):
+        from ponder.tasks.spec import build_task
+        build_task("@data", "", str(tmp_path / "g.toml"))

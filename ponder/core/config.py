@@ -87,7 +87,12 @@ def build(cls: type[C], values: dict[str, Any]) -> C:
     return cls(**kwargs)
 
 
-def load_toml(path: str | Path, section: str | None = None) -> dict[str, Any]:
+def load_toml(path: str | Path, section: str | None = None, known: Any = None) -> dict[str, Any]:
+    """A recipe's values. With `section`, what one verb reads: its own [section], else the
+    top-level keys (not tables); a top-level [task] table holds for every verb. A pipeline
+    recipe ([[stage]] tables) gives a single verb its [task] table and those of the
+    [pipeline] table's shared settings that the verb has (`known`: its config's field names),
+    so `ponder eval RECIPE --model M --data FILE.jsonl` grades as the pipeline's evals do."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"recipe {str(p)!r} does not exist")
@@ -99,10 +104,29 @@ def load_toml(path: str | Path, section: str | None = None) -> dict[str, Any]:
         # a verb reads its own [section], or else the top-level keys; other verbs' tables are not
         # its business, and a top-level [task] table holds for every verb of the recipe
         shared = {"task": data["task"]} if isinstance(data.get("task"), dict) else {}
-        own = data[section] if isinstance(data.get(section), dict) else \
-            {k: v for k, v in data.items() if not isinstance(v, dict)}
+        if isinstance(data.get(section), dict):
+            own = data[section]
+        elif isinstance(data.get("stage"), list):  # a pipeline recipe: its shared settings, not its stages
+            table = data.get("pipeline") if isinstance(data.get("pipeline"), dict) else {}
+            own = {k: v for k, v in table.items() if k in PIPELINE_SHARED and (known is None or k in known)}
+        else:
+            own = {k: v for k, v in data.items() if not isinstance(v, dict)}
         data = {**shared, **own}
-    return flatten_task_table(data)
+    return grader_near_recipe(flatten_task_table(data), p.parent)
+
+
+def grader_near_recipe(values: dict[str, Any], here: Path) -> dict[str, Any]:
+    """A grader file named in a recipe is looked up beside the recipe first (then as given),
+    so `grader = "my_grader.toml"` works from any working directory."""
+    grader = values.get("grader")
+    if isinstance(grader, str) and grader.endswith(".toml") and not Path(grader).is_absolute() \
+            and (here / grader).is_file():
+        return {**values, "grader": str(here / grader)}
+    return values
+
+
+# [pipeline] keys a single verb run on a pipeline recipe takes (those its config has)
+PIPELINE_SHARED = ("seed", "max_new_tokens", "threads", "device", "progress")
 
 
 # A recipe's `[task]` table key -> the config field it sets (see ponder.tasks.spec.TaskFields).
@@ -148,7 +172,7 @@ def from_args(cls: type[C], args: argparse.Namespace, recipe: str | None = None,
     """Defaults < TOML recipe < command-line flags < `fixed` keyword arguments."""
     values: dict[str, Any] = {}
     if recipe:
-        values.update(load_toml(recipe, section))
+        values.update(load_toml(recipe, section, known={f.name for f in dataclasses.fields(cls)}))
     for f in dataclasses.fields(cls):
         v = getattr(args, f.name, None)
         if v is not None:

@@ -754,7 +754,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     C.add_arguments(ap, RLConfig)
     args = ap.parse_args(argv)
-    values = C.load_toml(args.recipe, section="train") if args.recipe else {}
+    values = C.load_toml(args.recipe, section="train", known=RLConfig.__dataclass_fields__) if args.recipe else {}
     values.pop("kind", None)
     values.update({f: getattr(args, f) for f in RLConfig.__dataclass_fields__ if getattr(args, f) is not None})
     cfg = C.build(RLConfig, values)

@@ -61,7 +61,7 @@ KINDS = {"rl": RLConfig, "collect": CollectConfig, "sft": SFTConfig, "distill": 
 DATA_FILE = "all.jsonl"  # what `@NAME` of a data stage stands for: both splits, each line with its `split`
 MAKES_MODEL = ("rl", "sft", "distill", "pretrain")
 MANIFEST = "manifest.json"
-SHARED = TASK_FIELDS + ("seed", "max_new_tokens", "threads", "device", "progress")  # [pipeline] keys stages inherit
+SHARED = TASK_FIELDS + C.PIPELINE_SHARED  # [pipeline] keys stages inherit
 
 
 @dataclass(frozen=True)
@@ -110,18 +110,8 @@ def load_recipe(path: str | Path) -> tuple[PipelineConfig, list[dict]]:
         raise ConfigError(f"recipe {str(path)!r} declares no stages; add [[stage]] tables with name and kind")
     task = {k: v for k, v in data.items() if k in TASK_FIELDS}
     here = Path(path).parent
-    shared = _near_recipe({**task, **data.get("pipeline", {})}, here)
-    return C.build(PipelineConfig, shared), [_near_recipe(t, here) if isinstance(t, dict) else t for t in stages]
-
-
-def _near_recipe(values: dict, here: Path) -> dict:
-    """A grader file named in a recipe is looked up beside the recipe first (then as given),
-    so `grader = "my_grader.toml"` works from any working directory."""
-    grader = values.get("grader")
-    if isinstance(grader, str) and grader.endswith(".toml") and not Path(grader).is_absolute() \
-            and (here / grader).is_file():
-        return {**values, "grader": str(here / grader)}
-    return values
+    shared = C.grader_near_recipe({**task, **data.get("pipeline", {})}, here)
+    return C.build(PipelineConfig, shared), [C.grader_near_recipe(t, here) if isinstance(t, dict) else t for t in stages]
 
 
 def resolve(pc: PipelineConfig, raw: list[dict], out: Path) -> list[Stage]:

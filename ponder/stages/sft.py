@@ -315,7 +315,7 @@ def config_from_argv(argv: list[str], prog: str, description: str) -> tuple[SFTC
     ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     C.add_arguments(ap, SFTConfig)
     args = ap.parse_args(argv)
-    values = C.load_toml(args.recipe, "sft") if args.recipe else {}
+    values = C.load_toml(args.recipe, "sft", known=SFTConfig.__dataclass_fields__) if args.recipe else {}
     values.pop("kind", None)  # `ponder train` dispatches on it; it is not an SFT setting
     values.update({k: v for k, v in vars(args).items() if k in SFTConfig.__dataclass_fields__ and v is not None})
     return C.build(SFTConfig, values), args.resume

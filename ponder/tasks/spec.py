@@ -91,6 +91,10 @@ def is_file_task(name: str) -> bool:
 def build_task(name: str, options: str | dict = "", grader: Any = "", template: str = "") -> Task:
     """The task a name stands for, before any prompt format (see the module docstring)."""
     kwargs = parse_task_options(options) if isinstance(options, str) else dict(options)
+    if name.startswith("@"):
+        raise ConfigError(f"task {name!r} names the output of a pipeline stage, which only `ponder pipeline` "
+                          f"knows; outside it give the file: --task FILE.jsonl (or, for ponder eval, "
+                          f"--data FILE.jsonl)")
     if is_file_task(name):
         from ponder.tasks.jsonl import JsonlTask
         if not grader:
