@@ -366,3 +366,48 @@ def test_without_a_sandbox_python_is_refused_and_the_code_never_runs(tmp_path, m
     (out,) = run_tools(scripted_engine(escape_script(target)), ["x:"], 1, box, limit=200)
     assert out.calls[0].error and "no sandbox, the code was not run" in out.calls[0].output
     assert not target.exists()
+
+
+# ------------------------------------------------------------------ the tool corpus (stages/corpus.py)
+
+SHIPPED_CORPUS_SHA256 = "05cde42224a15c8a734cc2404171aeff12c7e833d81e2d8b741acef2678c4934"  # first 5000 docs, seed 0
+
+
+def corpus_hash(mix, n: int) -> str:
+    import hashlib
+    import itertools
+
+    from ponder.stages.corpus import documents
+    h = hashlib.sha256()
+    for d in itertools.islice(documents(mix, 0), n):
+        h.update(d.encode() + b"\0")
+    return h.hexdigest()
+
+
+def test_the_shipped_corpus_is_unchanged_bit_for_bit():
+    from ponder.stages.corpus import CorpusMix
+    assert corpus_hash(CorpusMix(), 5000) == SHIPPED_CORPUS_SHA256
+    assert corpus_hash(CorpusMix(p_calc=0.0), 5000) == SHIPPED_CORPUS_SHA256
+    assert corpus_hash(CorpusMix(p_calc=0.3), 5000) != SHIPPED_CORPUS_SHA256
+
+
+def test_calc_documents_are_correct_and_their_style_ignores_the_problem():
+    import itertools
+
+    from ponder.stages.corpus import CorpusMix, documents
+    docs = list(itertools.islice(documents(CorpusMix(p_calc=0.3, max_digits=7), 1), 3000))
+    box = calc_box()
+    calls = {1: [], 7: []}
+    for d in docs:
+        prompt, completion = d.split("\n", 1)
+        expr = prompt.removesuffix("=?")
+        digits = len(expr.split("*")[0].split("+")[0])
+        if "<calc>" in completion:
+            tag, arg = box.find_call(completion.split("<output>")[0])
+            assert (tag, arg) == ("calc", expr)
+            out = completion.split("<output>")[1].split("</output>")[0]
+            assert out == calculate(expr) == str(eval(expr, {})) == completion.split("</think>")[1]
+        if digits in calls:
+            calls[digits].append("<calc>" in completion)
+    shares = {k: sum(v) / len(v) for k, v in calls.items()}
+    assert all(0.2 < s < 0.4 for s in shares.values()), shares  # ~0.3 at every length
