@@ -93,7 +93,8 @@ def start_worker(engine: Engine | None, cfg: ServeConfig):
 class Service:
     def __init__(self, engine: Engine, cfg: ServeConfig, worker=None):
         """`engine` gives the tokenizer, the config and the thread worker's model; `worker`: one
-        `start_worker` started already (default: started here)."""
+        `start_worker` started already (default: started here). With `cfg.engine` process the
+        engine process loads `cfg.model` itself, so `engine` must hold that same model."""
         self.engine, self.tok, self.cfg = engine, engine.tok, cfg
         self.name = cfg.name or cfg.model
         conf = engine.model.config
