@@ -442,6 +442,7 @@ def test_entropy_sharpening_on_a_solved_task_is_only_a_note(tmp_path):
         r["reward"] = r["accuracy"] = min(r["accuracy"], 0.6)
     f = next(f for f in diagnose_dir(write_run(tmp_path / "run2", rows)) if f.code == "entropy_collapse")
     assert f.severity == "problem"
+    assert "--entropy-target" in f.suggestion  # the fix ponder has for it is named
 
 
 @pytest.mark.parametrize("key, value, code", [("entropy", 0.0, "entropy_collapse"), ("trunc_rate", 0.6, "truncation")])

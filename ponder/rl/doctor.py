@@ -528,8 +528,9 @@ def check_entropy_collapse(run: Run) -> list[Finding]:
                     + ("." if severity == "problem" else "; harmless while accuracy stays high (the policy "
                        "sharpens on a task it mostly solves), but little exploration is left."),
                     f"Keep exploration: raise --temperature{f' (now {t})' if t is not None else ''}, raise "
-                    "--clip-high (DAPO clip-higher), lower --lr, or add --kl-coef; resume from a checkpoint "
-                    f"before step {first}.")]
+                    "--clip-high (DAPO clip-higher), turn on adaptive entropy control (--entropy-target, e.g. "
+                    f"{start / 2:.2g}, about half the starting entropy), lower --lr, or add --kl-coef; resume from "
+                    f"a checkpoint before step {first}.")]
 
 
 def check_truncation(run: Run) -> list[Finding]:
