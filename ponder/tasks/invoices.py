@@ -552,8 +552,8 @@ def with_rewrites(doc: str, inv: Invoice, rng: random.Random) -> str:
             break
     date = day(inv, inv.date)
     for i, line in enumerate(lines):
-        label, sep, value = next(((line.partition(s)[0], s, line.partition(s)[2]) for s in (": ", " = ", " - ")
-                                  if s in line), ("", "", ""))
+        sep = next((s for s in (": ", " = ", " - ") if s in line), None)
+        label, _, value = line.partition(sep) if sep else ("", "", "")
         if label in DATE_LABELS and value == date and rng.random() < 0.7:
             lines[i] = rng.choice((f"Issued on {date}", f"Invoice {inv.invoice_number} dated {date}",
                                    f"This invoice is dated {date}."))
