@@ -518,18 +518,23 @@ TITLES = ("ORIGINAL", "COPY", "DUPLICATE", "Page 1 of 1", "PAYMENT REMINDER", "P
 DEPARTMENTS = ("Billing", "Accounts", "Sales", "Finance", "Invoicing", "Accounts Receivable")
 
 
+# Dates a document carries beside its issue date: labels a reader must not take for "the date"
+# just because they say date (`Due date` and `Order date` are in every layout's header already).
+OTHER_DATES = ("Printed", "Sent", "Generated", "Posted", "Exported", "Print date", "Posting date", "Report date",
+               "Run date", "Mailing date", "Value date", "Date printed", "Scan date", "Entry date")
+CONTACTS = ("Contact", "Reply to", "Sent by", "Questions", "Remit to", "Enquiries")
+
+
 def distractor_lines(inv: Invoice, rng: random.Random) -> tuple[list[str], list[str]]:
     """(lines for the top, lines for the header) that real documents carry and a reader must
     skip: a title or copy mark above the vendor, a department contact that is not the vendor's
-    name, a printed/sent date that is not the invoice date, a VAT id that is not the invoice
-    number. No amount is ever added, so a hidden amount stays hidden."""
+    name, another dated event (printed, posted, mailed...) that is not the invoice date, a VAT id
+    that is not the invoice number. No amount is ever added, so a hidden amount stays hidden."""
     top = [rng.choice(TITLES)] if rng.random() < 0.4 else []
-    pool = [f"{rng.choice(('Contact', 'Reply to', 'Sent by', 'Questions'))}: {inv.vendor} "
-            f"{rng.choice(DEPARTMENTS)} <{inv.vendor_email}>",
-            f"{rng.choice(('Printed', 'Sent', 'Generated', 'Posted', 'Exported'))}: "
-            f"{day(inv, inv.date + dt.timedelta(days=rng.randint(1, 12)))}",
-            f"{rng.choice(('VAT ID', 'Tax ID', 'VAT reg. no.'))}: {inv.vat_id}"]
-    return top, [line for line in pool if rng.random() < 0.4]
+    pool = [(0.5, f"{rng.choice(CONTACTS)}: {inv.vendor} {rng.choice(DEPARTMENTS)} <{inv.vendor_email}>"),
+            (0.6, f"{rng.choice(OTHER_DATES)}: {day(inv, inv.date + dt.timedelta(days=rng.randint(1, 12)))}"),
+            (0.4, f"{rng.choice(('VAT ID', 'Tax ID', 'VAT reg. no.'))}: {inv.vat_id}")]
+    return top, [line for p, line in pool if rng.random() < p]
 
 
 def with_distractors(doc: str, inv: Invoice, rng: random.Random) -> str:
@@ -542,14 +547,23 @@ def with_distractors(doc: str, inv: Invoice, rng: random.Random) -> str:
 
 
 def with_rewrites(doc: str, inv: Invoice, rng: random.Random) -> str:
-    """`doc` with the vendor's name and phone on one line, and the labelled invoice date
-    written as a phrase instead ("Invoice X dated D"): the same facts in forms a reader
-    must not learn to find by position or by label alone."""
+    """`doc` with the vendor's name and phone on one line (or the vendor named only at the
+    end, a department's contact line on top), and the labelled invoice date written as a
+    phrase instead ("Invoice X dated D"): the same facts in forms a reader must not learn to
+    find by position or by label alone."""
     lines = doc.split("\n")
     for i, line in enumerate(lines[:3]):
-        if line.strip().casefold() == inv.vendor.casefold() and rng.random() < 0.6:
+        if line.strip().casefold() != inv.vendor.casefold():
+            continue
+        r = rng.random()
+        if r < 0.45:
             lines[i] = f"{line.strip()}{rng.choice((' - ', ' | ', ', Tel. ', ' / '))}{inv.vendor_phone}"
-            break
+        elif r < 0.75:  # the issuer named only at the end; on top a department's address line
+            lines[i] = f"{rng.choice(CONTACTS)}: {inv.vendor} {rng.choice(DEPARTMENTS)} <{inv.vendor_email}>"
+            signer = inv.extras.get("signer", inv.contact)
+            lines.append(rng.choice((f"{signer}, {inv.vendor}", f"Issued by {inv.vendor}",
+                                     f"Kind regards, {signer} ({inv.vendor})")))
+        break
     date = day(inv, inv.date)
     for i, line in enumerate(lines):
         sep = next((s for s in (": ", " = ", " - ") if s in line), None)
