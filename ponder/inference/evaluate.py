@@ -4,6 +4,12 @@ Greedy decoding gives the headline accuracy (with a Wilson 95% interval),
 mean thinking tokens and the self-check share; `samples` > 1 adds sampled
 pass@1, unbiased pass@k (Codex estimator) and maj@k (with a per-problem 95%
 interval).
+
+With `tools` (`ponder.verifiers.tools.ToolFields`, e.g. `--tools calculator`) both passes
+generate as RL rollouts do with tools (`ponder.rl.tool_rollout`): a call the model writes
+is run and its `<output>…</output>` appended before decoding goes on; each row then
+records its calls, and the summary gives tool calls, failed calls and tool seconds per
+completion (greedy, by difficulty, and sampled). Without tools nothing changes.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pathlib import Path
 from statistics import mean
 
 from ponder.core import config as C
-from ponder.rl.rollout import Group, rollout
+from ponder.rl.rollout import Group
+from ponder.rl.tool_rollout import ToolGroup, maybe_tool_rollout, tool_metrics
 from ponder.tasks.spec import TaskFields, build_task, formatted, make_task
 from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.engine.engine import Engine, SamplingParams, rollout_copy
@@ -24,10 +31,11 @@ from ponder.models.model import load_model
 from ponder.core.stats import maj_at_k, mean_pass_at_k, per_problem_ci, wilson_ci
 from ponder.core.think import answer_text
 from ponder.tasks.base import SPLITS, Task
+from ponder.verifiers.tools import ToolFields, Toolbox
 
 
 @dataclass(frozen=True)
-class EvalConfig(RunFields, TaskFields):
+class EvalConfig(ToolFields, RunFields, TaskFields):
     model: str = option("tiny", "HF model folder ('tiny' = the built-in base)")
     data: str = option("", "evaluate on every line of this JSONL file instead (the task's format: prompt = the "
                        "raw document, answer = the gold value), with the task's grader and template")
@@ -44,6 +52,7 @@ class EvalConfig(RunFields, TaskFields):
 
     def __post_init__(self):
         check_choices(self)
+        ToolFields.__post_init__(self)
         if self.problems < 1 or self.samples < 1 or self.chunk < 1:
             raise ConfigError(f"problems, samples and chunk must be >= 1; got {self.problems}, {self.samples}, {self.chunk}")
         if self.data and not self.data.endswith(".jsonl"):
@@ -68,16 +77,38 @@ def evaluate(model, tok, task: Task, cfg: EvalConfig) -> dict:
     split = "all" if cfg.data else cfg.split  # a file of held-out documents: every line
     examples = task.examples(split, cfg.problems, seed=cfg.seed)
     engine = Engine(rollout_copy(model, cfg.precision), tok)
-    return _evaluate(engine, task, examples, cfg)
+    return _evaluate(engine, task, examples, cfg, Toolbox.from_fields(cfg))
 
 
 def _row(group: Group) -> dict:
     (s,), (v,) = group.samples, group.verdicts
     ex = group.example
-    return {"id": ex.id, "difficulty": ex.difficulty, "thinking_tokens": s.thinking_tokens,
-            "answer_tokens": s.answer_tokens, "correct": v.status == "correct", "score": v.score,
-            "status": v.status, "reason": v.reason, "self_check": shows_self_check(s.text),
-            "truncated": s.finish == "length", "completion": s.text, "info": info_labels(ex)}
+    row = {"id": ex.id, "difficulty": ex.difficulty, "thinking_tokens": s.thinking_tokens,
+           "answer_tokens": s.answer_tokens, "correct": v.status == "correct", "score": v.score,
+           "status": v.status, "reason": v.reason, "self_check": shows_self_check(s.text),
+           "truncated": s.finish == "length", "completion": s.text, "info": info_labels(ex)}
+    if isinstance(group, ToolGroup):  # tools on: the row's calls (the completion holds their outputs)
+        (calls,), (mask,) = group.calls, group.loss_masks
+        row.update(tool_calls=len(calls), tool_errors=sum(c.error for c in calls),
+                   tool_seconds=sum(c.seconds for c in calls), tool_tokens=len(mask) - sum(mask),
+                   calls=[{"tool": c.tag, "argument": c.argument, "output": c.output, "error": c.error}
+                          for c in calls])
+    return row
+
+
+def tool_summary(groups: list[Group], rows: list[dict]) -> dict:
+    """The greedy pass's tool metrics (`tool_metrics`, per completion) and calls per completion by difficulty."""
+    by_difficulty = breakdown_mean(rows, lambda r: r["difficulty"], "tool_calls")
+    return {**tool_metrics(groups), "tool_calls_by_difficulty": by_difficulty}
+
+
+def breakdown_mean(rows: list[dict], key, field: str) -> dict:
+    """value -> the mean of `field` over the rows grouped by `key(row)`, numeric values in order."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(str(key(r)), []).append(r[field])
+    order = sorted(groups, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
+    return {v: mean(groups[v]) for v in order}
 
 
 # An `info` field becomes a per-value breakdown when it holds short labels (layout, source...)
@@ -136,14 +167,20 @@ def sampled_summary(groups: list[Group], n: int, tokens: int) -> dict:
     }
 
 
-def _evaluate(engine: Engine, task: Task, examples, cfg: EvalConfig) -> dict:
-    greedy = rollout(engine, task, examples, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed, cfg.chunk)
+def _evaluate(engine: Engine, task: Task, examples, cfg: EvalConfig, toolbox: Toolbox | None = None) -> dict:
+    greedy = maybe_tool_rollout(engine, task, examples, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed,
+                                toolbox, chunk=cfg.chunk)
     rows = [_row(g) for g in greedy.groups]
     summary = greedy_summary(rows, greedy.generated_tokens, greedy.seconds)
+    if toolbox is not None:
+        summary.update(tool_summary(greedy.groups, rows))
     if cfg.samples > 1:
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature)
-        sampled = rollout(engine, task, examples, cfg.samples, params, cfg.seed + 1, cfg.chunk)
+        sampled = maybe_tool_rollout(engine, task, examples, cfg.samples, params, cfg.seed + 1, toolbox,
+                                     chunk=cfg.chunk)
         summary.update(sampled_summary(sampled.groups, cfg.samples, sampled.generated_tokens))
+        if toolbox is not None:
+            summary.update({f"sampled_{k}": v for k, v in tool_metrics(sampled.groups).items()})
     return {"label": cfg.label, "config": asdict(cfg), "summary": summary, "samples": rows}
 
 
@@ -155,6 +192,9 @@ def format_summary(result: dict) -> str:
     if "pass_at_k" in s:
         line += "\n  " + "  ".join(f"pass@{k} {v:.3f}" for k, v in s["pass_at_k"].items())
         line += "\n  " + "  ".join(f"maj@{k} {v:.3f}" for k, v in s["maj_at_k"].items())
+    if "tool_calls" in s:
+        line += (f"\n  tools: {s['tool_calls']:.2f} calls, {s['tool_errors']:.2f} failed, "
+                 f"{s['tool_seconds']:.3f} s per completion (greedy)")
     return line
 
 
@@ -166,6 +206,7 @@ def main(argv: list[str]) -> int:
     cfg = C.from_args(EvalConfig, args, args.recipe, section="eval")
     C.set_threads(cfg.threads)
     task = eval_task(cfg)  # a bad task, grader or data file fails before the model loads
+    Toolbox.from_fields(cfg)  # and so does a tool that cannot run here (python without a sandbox)
     model, tok = load_model(cfg.model, device=cfg.device)
     result = evaluate(model, tok, task, cfg)
     print(format_summary(result))

@@ -27,7 +27,9 @@ import os
 import torch
 import torch.distributed as dist
 
-from ponder.rl.rollout import RolloutResult, rollout
+from ponder.core.config import ConfigError
+from ponder.rl.rollout import RolloutResult
+from ponder.rl.tool_rollout import maybe_tool_rollout
 
 
 def world() -> int:
@@ -72,18 +74,22 @@ def share(n: int, parts: int, index: int) -> tuple[int, int]:
 
 
 def sharded_rollout(engine, task, examples, n, params, seed, index_offset: int = 0, max_tokens=None,
-                    **kw) -> RolloutResult:
+                    toolbox=None, **kw) -> RolloutResult:
     """`rollout` over this rank's share of `examples`, gathered: every rank gets the groups of all.
-    `engine` may be a pool of rollout workers (`ponder.rl.workers`), which splits the work its own way."""
+    `engine` may be a pool of rollout workers (`ponder.rl.workers`), which splits the work its own way.
+    With `toolbox`, the rollouts call tools (`ponder.rl.tool_rollout`; not with workers)."""
     if hasattr(engine, "remote_rollout"):
+        if toolbox is not None:
+            raise ConfigError("tools with rollout workers are not supported yet")
         return engine.remote_rollout(task, examples, n, params, seed, index_offset=index_offset,
                                      max_tokens=max_tokens, **kw)
     W = world()
     if W == 1:
-        return rollout(engine, task, examples, n, params, seed, index_offset=index_offset, max_tokens=max_tokens, **kw)
+        return maybe_tool_rollout(engine, task, examples, n, params, seed, toolbox, index_offset=index_offset,
+                                  max_tokens=max_tokens, **kw)
     lo, hi = share(len(examples), W, rank())
-    mine = rollout(engine, task, examples[lo:hi], n, params, seed, index_offset=index_offset + lo,
-                   max_tokens=max_tokens[lo:hi] if max_tokens is not None else None, **kw)
+    mine = maybe_tool_rollout(engine, task, examples[lo:hi], n, params, seed, toolbox, index_offset=index_offset + lo,
+                              max_tokens=max_tokens[lo:hi] if max_tokens is not None else None, **kw)
     parts: list = [None] * W
     dist.all_gather_object(parts, mine)
     return RolloutResult([g for p in parts for g in p.groups], sum(p.generated_tokens for p in parts),

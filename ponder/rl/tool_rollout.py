@@ -18,7 +18,9 @@
 Each completion comes back as a `ToolSample`: the `Sample` of all its tokens, model
 and tool alike, in order, and a per-token `loss_mask` (1: sampled by the model,
 0: written by a tool) -- the policy loss and the KL must skip the zeros
-(`masked_completion`). `rollout_with_tools` is `ponder.rl.rollout.rollout` over it.
+(`masked_completion`). `rollout_with_tools` is `ponder.rl.rollout.rollout` over it, and
+`maybe_tool_rollout` picks one of the two for the verbs that generate (`ponder eval`,
+`ponder train`): no toolbox, the plain `rollout`, unchanged.
 
 Not yet supported: thinking budgets (the engine's forcer counts a segment, not the
 completion, so a budget with tools is refused).
@@ -35,7 +37,7 @@ import torch
 
 from ponder.core.config import ConfigError
 from ponder.engine.engine import Engine, Sample, SamplingParams, row_seed
-from ponder.rl.rollout import Group, RewardFn, RolloutResult, rewards_of, verdict_score
+from ponder.rl.rollout import Group, RewardFn, RolloutResult, rewards_of, rollout, verdict_score
 from ponder.tasks.base import Example, Task
 from ponder.verifiers.batch import verify_batch
 from ponder.verifiers.tools import ToolResult, Toolbox, output_text
@@ -158,22 +160,36 @@ class ToolGroup(Group):
 
 def rollout_with_tools(engine: Engine, task: Task, examples: list[Example], n: int, params: SamplingParams,
                        seed: int, toolbox: Toolbox, reward: RewardFn = verdict_score, index_offset: int = 0,
-                       policy_version: int = 0) -> RolloutResult:
-    """`ponder.rl.rollout.rollout` with tools: the same seeding rule, groups carrying their loss masks."""
+                       policy_version: int = 0, chunk: int = 0) -> RolloutResult:
+    """`ponder.rl.rollout.rollout` with tools: the same seeding rule (row (i, j) of the request
+    draws from `row_seed(seed, index_offset + i, j)` at any `chunk` size), groups carrying their
+    loss masks. `generated_tokens` counts the model's tokens only; `seconds` includes tool time."""
     t0 = time.perf_counter()
-    ids = [engine.encode(ex.prompt) for ex in examples]
-    seeds = [[row_seed(seed, index_offset + i, j) for j in range(n)] for i in range(len(examples))]
-    flat = generate_with_tools(engine, ids, n, params, seeds, [params.max_new_tokens] * len(examples), toolbox)
-    seconds = time.perf_counter() - t0
-    verdicts = verify_batch(task, [t.sample.text for t in flat], [ex for ex in examples for _ in range(n)])
-    groups = []
-    for i, ex in enumerate(examples):
-        part, vs = flat[i * n:(i + 1) * n], tuple(verdicts[i * n:(i + 1) * n])
-        samples = tuple(t.sample for t in part)
-        groups.append(ToolGroup(ex, samples, vs, rewards_of(samples, vs, reward), policy_version,
-                                loss_masks=tuple(t.loss_mask for t in part), calls=tuple(t.calls for t in part)))
-    model_tokens = sum(sum(t.loss_mask) for t in flat)
-    return RolloutResult(groups, model_tokens, seconds)
+    size = chunk if chunk > 0 else max(1, len(examples))
+    groups, model_tokens = [], 0
+    for start in range(0, len(examples), size):
+        part = examples[start:start + size]
+        ids = [engine.encode(ex.prompt) for ex in part]
+        seeds = [[row_seed(seed, index_offset + start + i, j) for j in range(n)] for i in range(len(part))]
+        flat = generate_with_tools(engine, ids, n, params, seeds, [params.max_new_tokens] * len(part), toolbox)
+        verdicts = verify_batch(task, [t.sample.text for t in flat], [ex for ex in part for _ in range(n)])
+        for i, ex in enumerate(part):
+            rows, vs = flat[i * n:(i + 1) * n], tuple(verdicts[i * n:(i + 1) * n])
+            samples = tuple(t.sample for t in rows)
+            groups.append(ToolGroup(ex, samples, vs, rewards_of(samples, vs, reward), policy_version,
+                                    loss_masks=tuple(t.loss_mask for t in rows), calls=tuple(t.calls for t in rows)))
+        model_tokens += sum(sum(t.loss_mask) for t in flat)
+    return RolloutResult(groups, model_tokens, time.perf_counter() - t0)
+
+
+def maybe_tool_rollout(engine: Engine, task: Task, examples: list[Example], n: int, params: SamplingParams,
+                       seed: int, toolbox: Toolbox | None = None, **kw) -> RolloutResult:
+    """`rollout` when `toolbox` is None (no tools: exactly today's rollouts), else `rollout_with_tools`."""
+    if toolbox is None:
+        return rollout(engine, task, examples, n, params, seed, **kw)
+    if kw.pop("max_tokens", None) is not None:
+        raise ConfigError("per-example token limits are not supported with tools yet")
+    return rollout_with_tools(engine, task, examples, n, params, seed, toolbox, **kw)
 
 
 def masked_completion(comp: torch.Tensor, groups: list[Group]) -> torch.Tensor:
@@ -195,10 +211,13 @@ def masked_completion(comp: torch.Tensor, groups: list[Group]) -> torch.Tensor:
 
 
 def tool_metrics(groups: list[Group]) -> dict[str, float]:
-    """Calls per completion, the share of calls that failed, tool seconds, and tool tokens per completion."""
+    """Per completion: tool calls, failed calls, seconds in tools and tokens tools wrote; and the
+    share of calls that failed. Groups without tools count as completions with no calls."""
     tooled = [g for g in groups if isinstance(g, ToolGroup)]
     calls = [c for g in tooled for cs in g.calls for c in cs]
     rows = sum(len(g.samples) for g in groups) or 1
+    errors = sum(c.error for c in calls)
     tool_tokens = sum(len(m) - sum(m) for g in tooled for m in g.loss_masks)
-    return {"tool_calls": len(calls) / rows, "tool_errors": sum(c.error for c in calls) / max(1, len(calls)),
-            "tool_seconds": sum(c.seconds for c in calls), "tool_tokens": tool_tokens / rows}
+    return {"tool_calls": len(calls) / rows, "tool_errors": errors / rows,
+            "tool_seconds": sum(c.seconds for c in calls) / rows, "tool_tokens": tool_tokens / rows,
+            "tool_error_frac": errors / max(1, len(calls))}

@@ -49,7 +49,8 @@ from ponder.tasks.base import Example, Task
 from ponder.models.value_head import ValueHead
 from ponder.rl.ppo import clipped_value_loss, entropy_bonus_weight, entropy_coef_update, gae, token_rewards, whiten
 from ponder.rl.rollout import Group, rollout, verdict_score
-from ponder.rl.tool_rollout import masked_completion
+from ponder.rl.tool_rollout import masked_completion, tool_metrics
+from ponder.verifiers.tools import ToolFields, Toolbox
 from ponder.rl.sampling import PassHistory, choose, record
 
 
@@ -65,7 +66,7 @@ def autocast(precision: str):
 
 
 @dataclass(frozen=True)
-class RLConfig(RunFields, TaskFields):
+class RLConfig(ToolFields, RunFields, TaskFields):
     model: str = option("tiny", "HF model folder to start from ('tiny' = the built-in base)")
     out: str = option("runs/rl", "run directory: metrics, checkpoints, final model")
     steps: int = option(200, "RL steps")
@@ -149,6 +150,11 @@ class RLConfig(RunFields, TaskFields):
     def __post_init__(self):
         check_choices(self)
         check_workers_config(self)
+        ToolFields.__post_init__(self)
+        if self.tools and (self.rollout_workers or self.advantage == "gae"):
+            raise ConfigError(f"tools = {self.tools!r} is not supported yet with rollout_workers >= 1 or "
+                              f"advantage = 'gae' (GAE would bootstrap across the tool outputs); use the local "
+                              f"loop and a group-relative advantage ({', '.join(ADVANTAGES)})")
         if self.micro_batch < 0 or self.lora_rank < 0:
             raise ConfigError(f"micro_batch and lora_rank must be >= 0, got {self.micro_batch}, {self.lora_rank}")
         if self.micro_batch_tokens < -1:
@@ -215,15 +221,17 @@ class StepRollouts:
 
 
 def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
-                  history: PassHistory | None = None) -> StepRollouts:
-    """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups."""
+                  history: PassHistory | None = None, toolbox: Toolbox | None = None) -> StepRollouts:
+    """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups.
+    With `toolbox` the rollouts call tools, and the metrics count the calls (`tool_metrics`)."""
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     kept: list[tuple[Group, torch.Tensor]] = []
     seen: list[Group] = []
     gen_s, gen_tokens, zero_var = 0.0, 0, []
     for round_ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
         out = sharded_rollout(engine, task, step_examples(task, cfg, step, round_, history), cfg.group_size, params,
-                      seed=cfg.seed * 7_919 + step * 13 + round_, reward=reward_fn(cfg), policy_version=step)
+                      seed=cfg.seed * 7_919 + step * 13 + round_, reward=reward_fn(cfg), policy_version=step,
+                      toolbox=toolbox)
         gen_s, gen_tokens = gen_s + out.seconds, gen_tokens + out.generated_tokens
         for group in out.groups:
             r = group_rewards(group, cfg.length_weight)
@@ -242,6 +250,8 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
                    tokens_per_s=gen_tokens / gen_s if gen_s else 0.0, groups_used=len(kept))
     if cfg.difficulty_sampling:  # share of this step's first-round prompts that taught (1 - zero_var_frac)
         metrics["informative_frac"] = 1 - metrics["zero_var_frac"]
+    if toolbox is not None:  # per completion over every group sampled this step
+        metrics.update(tool_metrics(seen))
     return StepRollouts([g for g, _ in kept], [r for _, r in kept], metrics, tuple(seen))
 
 
@@ -676,6 +686,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
         print(f"{log_prefix}{line}")
     if is_file_task(cfg.task) and not cfg.trust_grader:
         refuse_gameable(task)  # a user's grader: a reward the policy can game is refused before training
+    toolbox = Toolbox.from_fields(cfg)  # None without tools; a tool that cannot run here fails before the model loads
     learner, tok, start = setup(cfg, resume, log_prefix)
     model, opt = learner.model, learner.opt
     ref_model = reference_model(cfg)
@@ -700,7 +711,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
             engine = Engine(sampler, tok) if pool is None else pool.publish(sampler, step)  # version = steps done
             phases = Phases()  # the step's breakdown (`step_breakdown`)
             with phases("rollout"):
-                rolled = sample_groups(engine, task, cfg, step, learner.pass_history) if pool is None else \
+                rolled = sample_groups(engine, task, cfg, step, learner.pass_history, toolbox) if pool is None else \
                     pool.ahead(step, cfg.steps, lambda s: sample_groups(pool, task, cfg, s, learner.pass_history))
             if cfg.difficulty_sampling:
                 learner.pass_history = record(learner.pass_history or PassHistory(cfg.difficulty_window), list(rolled.seen))

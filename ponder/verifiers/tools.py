@@ -64,6 +64,8 @@ class ToolFields:
     tool_output_chars: int = option(200, "longest output text appended to the completion (longer is cut)")
 
     def __post_init__(self):
+        """Checks the tool list (a config that inherits these fields calls this from its own)."""
+        parse_tools(self.tools)  # an unknown tool fails here, naming it and the valid ones
         if self.max_tool_calls < 0 or self.tool_output_chars < 16:
             raise ConfigError(f"max_tool_calls must be >= 0 and tool_output_chars >= 16, got "
                               f"{self.max_tool_calls}, {self.tool_output_chars}")
