@@ -411,3 +411,135 @@ def test_calc_documents_are_correct_and_their_style_ignores_the_problem():
             calls[digits].append("<calc>" in completion)
     shares = {k: sum(v) / len(v) for k, v in calls.items()}
     assert all(0.2 < s < 0.4 for s in shares.values()), shares  # ~0.3 at every length
+
+
+# ------------------------------------------------------------------ wired into `ponder eval` and `ponder train`
+
+
+def arithmetic_scripts(examples, bad: int | None = None) -> dict[str, str]:
+    """Per prompt: a calculator call on the problem (a malformed one for example `bad`), a sampled
+    letter, then the gold answer -- so a pass without tools shows no output and no calls."""
+    out = {}
+    for k, ex in enumerate(examples):
+        expr = ex.prompt.split("=")[0] if k != bad else "1+"
+        out[ex.prompt] = f"<think><calc>{expr}</calc>[ab]</think>{ex.answer}"
+    return out
+
+
+def test_eval_with_tools_runs_the_calls_the_model_writes():
+    from ponder.inference.evaluate import EvalConfig, evaluate
+    from ponder.tasks.spec import formatted, make_task
+
+    tok = build_char_tokenizer()
+    cfg = EvalConfig(problems=4, samples=2, max_new_tokens=100, tools="calculator", chunk=3)
+    task = make_task(cfg)
+    examples = formatted(task, tok, cfg).examples("test", 4, seed=cfg.seed)
+    model = ScriptedLM(tok, arithmetic_scripts(examples, bad=1))
+    result = evaluate(model, tok, task, cfg)
+    rows, s = result["samples"], result["summary"]
+    for k, (ex, row) in enumerate(zip(examples, rows)):
+        expr = ex.prompt.split("=")[0]
+        if k == 1:
+            assert "<calc>1+</calc><output>error: calculator: cannot parse '1+'</output>" in row["completion"]
+            assert (row["tool_calls"], row["tool_errors"]) == (1, 1)
+        else:
+            assert f"<calc>{expr}</calc><output>{ex.answer}</output>" in row["completion"], row["completion"]
+            assert row["calls"] == [{"tool": "calc", "argument": expr, "output": ex.answer, "error": False}]
+        assert row["correct"] and row["tool_tokens"] == len(f"<output>{row['calls'][0]['output']}</output>")
+    assert (s["tool_calls"], s["tool_errors"], s["tool_error_frac"]) == (1.0, 0.25, 0.25)
+    assert s["tool_seconds"] >= 0 and s["accuracy"] == 1.0
+    assert set(s["tool_calls_by_difficulty"].values()) == {1.0}
+    assert (s["sampled_tool_calls"], s["sampled_tool_errors"]) == (1.0, 0.25)  # the sampled pass calls too
+    assert s["generated_tokens"] == sum(len(r["completion"]) - r["tool_tokens"] - 12 for r in rows)  # model's only
+    from ponder.inference.evaluate import format_summary
+    assert "tools: 1.00 calls, 0.25 failed" in format_summary(result)
+
+
+def test_tools_off_is_the_plain_path_and_on_changes_nothing_without_calls(tiny):
+    """No tools: plain groups, no tool field anywhere (today's eval and RL step). Tools on with a
+    model that writes no call: the same completions and numbers, plus the tool counts (all 0)."""
+    from ponder.inference.evaluate import EvalConfig, evaluate
+    from ponder.rl.train import RLConfig, sample_groups
+    from ponder.tasks.spec import make_task
+
+    model, tok = tiny
+    kw = dict(problems=5, samples=2, max_new_tokens=16)
+    off = evaluate(model, tok, make_task(EvalConfig(**kw)), EvalConfig(**kw))
+    on = evaluate(model, tok, make_task(EvalConfig(**kw)), EvalConfig(**kw, tools="calculator"))
+    assert not [k for k in off["summary"] if "tool" in k] and not [k for r in off["samples"] for k in r if "tool" in k]
+    assert on["summary"]["tool_calls"] == 0 and on["summary"]["sampled_tool_calls"] == 0
+    plain = lambda d: {k: v for k, v in d.items() if "tool" not in k and k not in ("tokens_per_s", "calls")}
+    assert [plain(r) for r in on["samples"]] == off["samples"]
+    assert plain(on["summary"]) == plain(off["summary"])
+
+    rl = dict(prompts_per_step=3, group_size=2, max_new_tokens=16, progress=False)
+    task = make_task(RLConfig(**rl), tok)
+    e = Engine(model, tok)
+    rolled_off = sample_groups(e, task, RLConfig(**rl), 0)
+    cfg_on = RLConfig(**rl, tools="calculator")
+    rolled_on = sample_groups(e, task, cfg_on, 0, toolbox=Toolbox.from_fields(cfg_on))
+    assert not any(isinstance(g, ToolGroup) for g in rolled_off.groups)
+    assert not [k for k in rolled_off.metrics if "tool" in k]
+    assert all(isinstance(g, ToolGroup) for g in rolled_on.groups) and rolled_on.metrics["tool_calls"] == 0
+    assert [s.ids for g in rolled_on.groups for s in g.samples] == [s.ids for g in rolled_off.groups for s in g.samples]
+
+
+def test_an_rl_step_with_tools_masks_the_tool_tokens_and_logs_the_calls(tmp_path, monkeypatch):
+    """`ponder train --tools calculator` for one step: the rollouts (a scripted sampler) call the
+    calculator, the update's completion mask is 0 on exactly the tokens the tool wrote, and
+    metrics.jsonl counts the calls."""
+    import json
+
+    from ponder.models.model import load_tokenizer
+    from ponder.rl import train as T
+    from ponder.tasks.spec import make_task
+
+    cfg = T.RLConfig(out=str(tmp_path / "run"), steps=1, prompts_per_step=2, group_size=2, max_new_tokens=60,
+                     tools="calculator", progress=False, tensorboard=False, track_kl=False, threads=1)
+    tok = load_tokenizer(cfg.model)
+    examples = T.step_examples(make_task(cfg, tok), cfg, 0, 0)
+    scripts = arithmetic_scripts(examples)
+    monkeypatch.setattr(T, "Engine", lambda model, tok: Engine(ScriptedLM(tok, scripts), tok, fast=False))
+    seen = []
+    real_build = T.build_batch
+    monkeypatch.setattr(T, "build_batch", lambda rolled, *a: seen.append((rolled, real_build(rolled, *a))) or seen[-1][1])
+    T.train(cfg)
+    ((rolled, batch),) = seen
+    assert all(isinstance(g, ToolGroup) for g in rolled.groups)  # the rollouts ran with the tools
+    rows = [(s, m) for g in rolled.groups for s, m in zip(g.samples, g.loss_masks)]
+    assert len(rows) == 4
+    for b, (s, mask) in enumerate(rows):
+        start = len(s.prompt_ids) - 1
+        answer = examples[b // 2].answer
+        assert f"</calc><output>{answer}</output>" in s.text
+        tool_positions = [start + t for t, m in enumerate(mask) if m == 0]
+        assert tok.decode(batch.ids[b, [p + 1 for p in tool_positions]].tolist()) == f"<output>{answer}</output>"
+        assert all(batch.comp[b, p] == 0 for p in tool_positions)
+        assert batch.comp[b].sum().item() == len(s.ids) - len(tool_positions)  # every model token still trains
+    (metrics,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["tool_calls"] == 1.0 and metrics["tool_errors"] == 0.0 and metrics["tool_tokens"] > 0
+    assert "tool_seconds" in metrics
+
+
+def test_tool_settings_come_from_flags_and_recipes_and_a_bad_name_is_one_line(tmp_path, capsys):
+    import argparse
+
+    from ponder import cli
+    from ponder.core import config as C
+    from ponder.inference.evaluate import EvalConfig
+    from ponder.rl.train import RLConfig
+
+    ap = argparse.ArgumentParser()
+    C.add_arguments(ap, EvalConfig)
+    assert C.from_args(EvalConfig, ap.parse_args(["--tools", "calculator", "--max-tool-calls", "2"])).max_tool_calls == 2
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[train]\ntools = "calculator"\n[eval]\ntools = "calculator,python"\ntool_sandbox = "unsafe-subprocess"\n')
+    assert C.build(RLConfig, C.load_toml(recipe, section="train")).tools == "calculator"
+    assert C.from_args(EvalConfig, ap.parse_args([]), str(recipe), section="eval").tools == "calculator,python"
+    for verb in ("eval", "train"):
+        assert cli.main([verb, "--tools", "calculator,calculater", "--out", str(tmp_path / verb)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "'calculater'" in err and "calculator, python" in err, err
+        assert err.startswith(f"ponder {verb}: unknown tool")
+    with pytest.raises(ConfigError, match="not supported yet with rollout_workers >= 1 or advantage = 'gae'"):
+        RLConfig(tools="calculator", advantage="gae")
