@@ -543,3 +543,14 @@ def test_tool_settings_come_from_flags_and_recipes_and_a_bad_name_is_one_line(tm
         assert err.startswith(f"ponder {verb}: unknown tool")
     with pytest.raises(ConfigError, match="not supported yet with rollout_workers >= 1 or advantage = 'gae'"):
         RLConfig(tools="calculator", advantage="gae")
+
+
+def test_tool_rollouts_do_not_depend_on_the_chunk_size():
+    e = scripted_engine(SCRIPTS)
+    task = SimpleNamespace(verify=lambda text, ex: correct(""))
+    examples = [Example(id=p, prompt=p, answer="") for p in SCRIPTS]
+    params = SamplingParams(max_new_tokens=100)
+    runs = [rollout_with_tools(e, task, examples, 2, params, 5, calc_box(), chunk=c) for c in (0, 1, 3)]
+    ids = [[s.ids for g in r.groups for s in g.samples] for r in runs]
+    assert ids[0] == ids[1] == ids[2] and len(set(map(tuple, ids[0]))) > 4  # sampled rows, not all alike
+    assert runs[0].generated_tokens == runs[1].generated_tokens

@@ -163,15 +163,17 @@ def rollout_with_tools(engine: Engine, task: Task, examples: list[Example], n: i
                        policy_version: int = 0, chunk: int = 0) -> RolloutResult:
     """`ponder.rl.rollout.rollout` with tools: the same seeding rule (row (i, j) of the request
     draws from `row_seed(seed, index_offset + i, j)` at any `chunk` size), groups carrying their
-    loss masks. `generated_tokens` counts the model's tokens only; `seconds` includes tool time."""
-    t0 = time.perf_counter()
+    loss masks. `generated_tokens` counts the model's tokens only; `seconds` is generation with the
+    tools' time (verification excluded, as in `rollout`)."""
     size = chunk if chunk > 0 else max(1, len(examples))
-    groups, model_tokens = [], 0
+    groups, model_tokens, seconds = [], 0, 0.0
     for start in range(0, len(examples), size):
         part = examples[start:start + size]
         ids = [engine.encode(ex.prompt) for ex in part]
         seeds = [[row_seed(seed, index_offset + start + i, j) for j in range(n)] for i in range(len(part))]
+        t0 = time.perf_counter()
         flat = generate_with_tools(engine, ids, n, params, seeds, [params.max_new_tokens] * len(part), toolbox)
+        seconds += time.perf_counter() - t0
         verdicts = verify_batch(task, [t.sample.text for t in flat], [ex for ex in part for _ in range(n)])
         for i, ex in enumerate(part):
             rows, vs = flat[i * n:(i + 1) * n], tuple(verdicts[i * n:(i + 1) * n])
@@ -179,7 +181,7 @@ def rollout_with_tools(engine: Engine, task: Task, examples: list[Example], n: i
             groups.append(ToolGroup(ex, samples, vs, rewards_of(samples, vs, reward), policy_version,
                                     loss_masks=tuple(t.loss_mask for t in rows), calls=tuple(t.calls for t in rows)))
         model_tokens += sum(sum(t.loss_mask) for t in flat)
-    return RolloutResult(groups, model_tokens, time.perf_counter() - t0)
+    return RolloutResult(groups, model_tokens, seconds)
 
 
 def maybe_tool_rollout(engine: Engine, task: Task, examples: list[Example], n: int, params: SamplingParams,
