@@ -81,6 +81,10 @@ def test_a_single_verb_reads_a_pipeline_recipes_task_and_shared_settings(tmp_pat
     ev = C.build(EvalConfig, C.load_toml(recipe, "eval", known=EvalConfig.__dataclass_fields__))
     assert (ev.max_new_tokens, ev.threads, ev.template) == (77, 1, "Q: {prompt}")
     assert ev.grader == str(tmp_path / "g.toml")
+    assert ev.samples == 1  # greedy, as the pipeline's evals are (EvalConfig alone samples 8)
+    assert EvalConfig().samples > 1
+    recipe.write_text(recipe.read_text().replace("eval_problems = 9", "eval_samples = 3"))
+    assert C.build(EvalConfig, C.load_toml(recipe, "eval", known=EvalConfig.__dataclass_fields__)).samples == 3
     sft = C.load_toml(recipe, "sft", known=SFTConfig.__dataclass_fields__)
     assert "max_new_tokens" not in sft and "stage" not in sft and sft["threads"] == 1
     with pytest.raises(C.ConfigError, match="@data.*pipeline.*--data FILE.jsonl"):

@@ -109,6 +109,8 @@ def load_toml(path: str | Path, section: str | None = None, known: Any = None) -
         elif isinstance(data.get("stage"), list):  # a pipeline recipe: its shared settings, not its stages
             table = data.get("pipeline") if isinstance(data.get("pipeline"), dict) else {}
             own = {k: v for k, v in table.items() if k in PIPELINE_SHARED and (known is None or k in known)}
+            if known is not None and "samples" in known:  # an eval grades as the pipeline's evals: greedy unless
+                own["samples"] = table.get("eval_samples", PIPELINE_EVAL_SAMPLES)  # eval_samples says more
         else:
             own = {k: v for k, v in data.items() if not isinstance(v, dict)}
         data = {**shared, **own}
@@ -127,6 +129,7 @@ def grader_near_recipe(values: dict[str, Any], here: Path) -> dict[str, Any]:
 
 # [pipeline] keys a single verb run on a pipeline recipe takes (those its config has)
 PIPELINE_SHARED = ("seed", "max_new_tokens", "threads", "device", "progress")
+PIPELINE_EVAL_SAMPLES = 1  # the default of [pipeline] eval_samples (PipelineConfig checks it is the same)
 
 
 # A recipe's `[task]` table key -> the config field it sets (see ponder.tasks.spec.TaskFields).

@@ -68,7 +68,7 @@ SHARED = TASK_FIELDS + C.PIPELINE_SHARED  # [pipeline] keys stages inherit
 class PipelineConfig(RunFields, TaskFields):
     max_new_tokens: int = option(128, "completion token limit of every stage")
     eval_problems: int = option(200, "held-out problems in each stage's evaluation")
-    eval_samples: int = option(1, "samples per problem in those evaluations (1 = greedy only)")
+    eval_samples: int = option(C.PIPELINE_EVAL_SAMPLES, "samples per problem in those evaluations (1 = greedy only)")
     teacher: str = option("", "stage whose model is the teacher in summary.json (default: the last rl stage)")
     student: str = option("", "stage whose model is the student in summary.json (default: the last distill stage)")
     progress: bool = option(True, "show progress bars")
