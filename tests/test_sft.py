@@ -159,3 +159,24 @@ def test_bf16_precision_trains_and_the_head_sees_completion_positions_only(setup
     assert out.is_dir() and losses and all(l == l and l < 20 for l in losses)
     with pytest.raises(ConfigError, match="fp16"):
         _cfg(model_dir, traces, tmp_path / "x", precision="fp16")
+
+
+def test_micro_batches_accumulate_to_the_whole_batch_step(setup, tmp_path):
+    """Gradient accumulation over chunks of 1 and 3 rows (batch 4, rows of different lengths)
+    trains the same weights as the whole batch at once, up to float rounding."""
+    from safetensors.torch import load_file
+
+    model_dir, traces = setup
+    weights = {}
+    for micro in (0, 1, 3):
+        out = sft(_cfg(model_dir, traces, tmp_path / f"m{micro}", epochs=1, micro_batch=micro))
+        weights[micro] = load_file(str(out / "model.safetensors"))
+    from ponder.models.model import resolve_model_path
+    start = load_file(str(resolve_model_path(model_dir) / "model.safetensors"))
+    name = next(k for k in weights[0] if not torch.equal(weights[0][k], start[k]))  # training moved it
+    for micro in (1, 3):
+        for k in weights[0]:
+            assert torch.allclose(weights[micro][k], weights[0][k], atol=1e-5, rtol=1e-4), (micro, k)
+    assert not torch.allclose(weights[0][name], start[name], atol=1e-5)
+    with pytest.raises(ConfigError, match="micro_batch must be >= 0.*-1"):
+        _cfg(model_dir, traces, tmp_path / "x", micro_batch=-1)

@@ -53,6 +53,8 @@ class SFTConfig(RunFields, TaskFields):
     out: str = option("runs/sft", "run directory: metrics, checkpoints, final model")
     epochs: int = option(3, "passes over the traces")
     batch_size: int = option(32, "traces per step (the last batch of an epoch may be smaller)")
+    micro_batch: int = option(0, "rows per forward/backward chunk, gradients accumulate (0 = the whole batch at "
+                              "once): bounds memory at the same step, up to float rounding")
     lr: float = option(1e-3, "peak AdamW learning rate")
     warmup: int = option(10, "linear warm-up steps")
     min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio")
@@ -66,6 +68,8 @@ class SFTConfig(RunFields, TaskFields):
 
     def __post_init__(self):
         check_choices(self)
+        if self.micro_batch < 0:
+            raise ConfigError(f"SFTConfig.micro_batch must be >= 0 (0 = the whole batch), got {self.micro_batch}")
         if self.gold < 0:
             raise ConfigError(f"SFTConfig.gold must be >= 0 (0 = trace files only), got {self.gold}")
         for name in ("epochs", "batch_size", "save_every"):
@@ -171,6 +175,33 @@ def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor)
     sel = target != -100
     hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]  # (B, L-1, D)
     return F.cross_entropy(head(hidden[sel]).float(), target[sel])
+
+
+def backward_batch(model, rows: list[tuple[list[int], list[int]]], pad_id: int, micro_batch: int,
+                   precision: str) -> torch.Tensor:
+    """Forward and backward the batch's mean completion-token loss; returns the loss (detached).
+
+    With `micro_batch` rows per chunk, each chunk's mean is weighted by its share of the
+    batch's completion tokens, so the accumulated gradient is the whole batch's (up to float
+    rounding) while only one chunk's activations are alive; a chunk is padded to its own
+    longest row, not the batch's."""
+    if micro_batch <= 0 or micro_batch >= len(rows):
+        with autocast(precision):
+            loss = sft_loss(model, *collate(rows, pad_id))
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.detach()
+    chunks = [rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch)]
+    total = sum(len(c) for _, c in rows)
+    loss = torch.zeros(())
+    for chunk in chunks:
+        with autocast(precision):
+            part = sft_loss(model, *collate(chunk, pad_id)) * (sum(len(c) for _, c in chunk) / total)
+        if not torch.isfinite(part):
+            return part.detach()
+        part.backward()
+        loss = loss + part.detach().float().cpu()
+    return loss
 
 
 def steps_per_epoch(n_traces: int, batch_size: int) -> int:
@@ -281,23 +312,20 @@ def _sft(cfg: SFTConfig, resume: bool, log_prefix: str) -> Path:
         for step in loop:
             t0 = time.perf_counter()
             model.train()
-            idx = batch_indices(len(traces), cfg, step)
-            ids, attn, labels = collate([encoded[i] for i in idx], tok.pad_token_id)
-            with autocast(cfg.precision):
-                loss = sft_loss(model, ids, attn, labels)
+            rows = [encoded[i] for i in batch_indices(len(traces), cfg, step)]
+            opt.zero_grad(set_to_none=True)
+            loss = backward_batch(model, rows, tok.pad_token_id, cfg.micro_batch, cfg.precision)
             if not torch.isfinite(loss):
                 last = ckpt.latest(ck_root)
                 raise FloatingPointError(f"non-finite SFT loss at step {step}; stopped. "
                                          f"Last good checkpoint: {last or 'none'}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
             done = step + 1
             metrics = {"loss": loss.item(), "grad_norm": gn.item(), "lr": lr, "epoch": step // spe,
-                       "tokens": int((labels != -100).sum()), "step_time": time.perf_counter() - t0}
+                       "tokens": sum(len(c) for _, c in rows), "step_time": time.perf_counter() - t0}
             if loop.end_step(done, metrics, loss=f"{loss.item():.4f}"):
                 ckpt.save(ck_root, done, model, tok, {
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "config": asdict(cfg),
