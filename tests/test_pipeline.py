@@ -260,3 +260,27 @@ def test_distill_retention_is_measured_by_a_verifier_that_checks(tmp_path):
     assert summary["student"]["accuracy"] == acc["fresh"] < acc["teacher"]
     assert summary["student_accuracy_retention"] == pytest.approx(acc["fresh"] / acc["teacher"])
     assert summary["student_accuracy_retention"] < 1.0
+
+
+def test_a_stages_held_out_eval_calls_the_tools_it_trained_with(tmp_path, monkeypatch):
+    """An RL stage trained with --tools: its held-out evaluation runs the same tools; a stage
+    without tools is evaluated without them."""
+    from ponder.inference.evaluate import EvalConfig
+    from ponder.rl.train import RLConfig
+    from ponder.stages import pipeline as P
+
+    seen = []
+    monkeypatch.setattr(P, "load_model", lambda path, device="auto": (_Params(), None))
+    monkeypatch.setattr(P, "make_task", lambda cfg: None)
+    monkeypatch.setattr(P, "evaluate", lambda model, tok, task, cfg: seen.append(cfg) or {"summary": {}})
+    monkeypatch.setattr(P, "count_params", lambda model: 0)
+    pc = P.PipelineConfig(task="arithmetic", eval_problems=2)
+    for tools in ("calculator", ""):
+        cfg = RLConfig(task="arithmetic", tools=tools, max_tool_calls=2, out=str(tmp_path / "rl"))
+        P._held_out(P.Stage("rl", "rl", cfg, "tiny", ()), pc, "tiny", tmp_path)
+    assert isinstance(seen[0], EvalConfig) and (seen[0].tools, seen[0].max_tool_calls) == ("calculator", 2)
+    assert (seen[1].tools, seen[1].max_tool_calls) == ("", 2)
+
+
+class _Params:
+    pass

@@ -54,6 +54,7 @@ from ponder.models.model import count_params, load_model, resolve_model_path
 from ponder.stages.pretrain import PretrainConfig, pretrain
 from ponder.core.io import sha256_file, write_json
 from ponder.stages.sft import SFTConfig, sft
+from ponder.verifiers.tools import ToolFields
 from ponder.rl.train import RLConfig, train
 
 KINDS = {"rl": RLConfig, "collect": CollectConfig, "sft": SFTConfig, "distill": SFTConfig,
@@ -281,12 +282,19 @@ def _last_metrics(run_dir: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
+def stage_tools(stage: Stage) -> dict:
+    """The tool settings a stage trained with (none for a stage without them): its held-out
+    evaluation lets the model call the same tools, as `ponder eval --tools` would."""
+    cfg = stage.config
+    return {f.name: getattr(cfg, f.name) for f in fields(ToolFields)} if isinstance(cfg, ToolFields) else {}
+
+
 def _held_out(stage: Stage, pc: PipelineConfig, model_path: str, stage_dir: Path) -> dict:
     """Evaluate a model on the test split; the eval's summary (without the per-problem rows)."""
     if stage.kind == "eval":
         cfg = stage.config
     else:
-        cfg = EvalConfig(model=model_path, **task_fields(pc), problems=pc.eval_problems,
+        cfg = EvalConfig(model=model_path, **task_fields(pc), **stage_tools(stage), problems=pc.eval_problems,
                          samples=pc.eval_samples, max_new_tokens=pc.max_new_tokens, seed=pc.seed, label=stage.name,
                          device=pc.device,
                          out=str(stage_dir / "eval.json"))
