@@ -74,6 +74,17 @@ def rewards_of(samples, verdicts, reward: RewardFn) -> tuple[float, ...]:
     return tuple(math.nan if v.status == "invalid" else float(reward(s, v)) for s, v in zip(samples, verdicts))
 
 
+def request_chunks(engine: Engine, examples: list[Example], n: int, seed: int, index_offset: int, chunk: int):
+    """(start, examples, prompt ids, seeds) per generation batch of at most `chunk` prompts (0 = all
+    at once). Row (i, j) of the request draws from `row_seed(seed, index_offset + i, j)` whatever the
+    chunk: the seeding rule every rollout shares, so `chunk` changes memory and speed, never a sample."""
+    size = chunk if chunk > 0 else max(1, len(examples))
+    for start in range(0, len(examples), size):
+        part = examples[start:start + size]
+        seeds = [[row_seed(seed, index_offset + start + i, j) for j in range(n)] for i in range(len(part))]
+        yield start, part, [engine.encode(ex.prompt) for ex in part], seeds
+
+
 def rollout(engine: Engine, task: Task, examples: list[Example], n: int, params: SamplingParams,
             seed: int, chunk: int = 0, reward: RewardFn = verdict_score, index_offset: int = 0,
             max_tokens: list[int] | None = None, policy_version: int = 0) -> RolloutResult:
@@ -84,12 +95,8 @@ def rollout(engine: Engine, task: Task, examples: list[Example], n: int, params:
     completion limit (default: `params.max_new_tokens`)."""
     if max_tokens is not None and len(max_tokens) != len(examples):
         raise ValueError(f"max_tokens has {len(max_tokens)} entries for {len(examples)} examples")
-    size = chunk if chunk > 0 else max(1, len(examples))
     groups, tokens, seconds = [], 0, 0.0
-    for start in range(0, len(examples), size):
-        part = examples[start:start + size]
-        ids = [engine.encode(ex.prompt) for ex in part]
-        seeds = [[row_seed(seed, index_offset + start + i, j) for j in range(n)] for i in range(len(part))]
+    for start, part, ids, seeds in request_chunks(engine, examples, n, seed, index_offset, chunk):
         limits = [max_tokens[start + i] if max_tokens else params.max_new_tokens for i in range(len(part))]
         flat = engine.generate_ids(ids, n, params, seeds, limits)
         tokens += engine.last_stats.generated_tokens

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ponder.core.config import ConfigError
-from ponder.engine.engine import Engine, Sample, SamplingParams, row_seed
-from ponder.rl.rollout import Group, RewardFn, RolloutResult, rewards_of, rollout, verdict_score
+from ponder.engine.engine import Engine, Sample, SamplingParams
+from ponder.rl.rollout import Group, RewardFn, RolloutResult, request_chunks, rewards_of, rollout, verdict_score
 from ponder.tasks.base import Example, Task
 from ponder.verifiers.batch import verify_batch
 from ponder.verifiers.tools import ToolResult, Toolbox, output_text
@@ -165,12 +165,8 @@ def rollout_with_tools(engine: Engine, task: Task, examples: list[Example], n: i
     draws from `row_seed(seed, index_offset + i, j)` at any `chunk` size), groups carrying their
     loss masks. `generated_tokens` counts the model's tokens only; `seconds` is generation with the
     tools' time (verification excluded, as in `rollout`)."""
-    size = chunk if chunk > 0 else max(1, len(examples))
     groups, model_tokens, seconds = [], 0, 0.0
-    for start in range(0, len(examples), size):
-        part = examples[start:start + size]
-        ids = [engine.encode(ex.prompt) for ex in part]
-        seeds = [[row_seed(seed, index_offset + start + i, j) for j in range(n)] for i in range(len(part))]
+    for _, part, ids, seeds in request_chunks(engine, examples, n, seed, index_offset, chunk):
         t0 = time.perf_counter()
         flat = generate_with_tools(engine, ids, n, params, seeds, [params.max_new_tokens] * len(part), toolbox)
         seconds += time.perf_counter() - t0
