@@ -129,7 +129,7 @@ def grader_near_recipe(values: dict[str, Any], here: Path) -> dict[str, Any]:
 
 # [pipeline] keys a single verb run on a pipeline recipe takes (those its config has)
 PIPELINE_SHARED = ("seed", "max_new_tokens", "threads", "device", "progress")
-PIPELINE_EVAL_SAMPLES = 1  # the default of [pipeline] eval_samples (PipelineConfig checks it is the same)
+PIPELINE_EVAL_SAMPLES = 1  # [pipeline] eval_samples when a recipe leaves it out (PipelineConfig's default too)
 
 
 # A recipe's `[task]` table key -> the config field it sets (see ponder.tasks.spec.TaskFields).

@@ -525,13 +525,18 @@ OTHER_DATES = ("Printed", "Sent", "Generated", "Posted", "Exported", "Print date
 CONTACTS = ("Contact", "Reply to", "Sent by", "Questions", "Remit to", "Enquiries")
 
 
+def contact_line(inv: Invoice, rng: random.Random) -> str:
+    """A department's address line ("Reply to: Acme Billing <…>"): the vendor's name plus a word."""
+    return f"{rng.choice(CONTACTS)}: {inv.vendor} {rng.choice(DEPARTMENTS)} <{inv.vendor_email}>"
+
+
 def distractor_lines(inv: Invoice, rng: random.Random) -> tuple[list[str], list[str]]:
     """(lines for the top, lines for the header) that real documents carry and a reader must
     skip: a title or copy mark above the vendor, a department contact that is not the vendor's
     name, another dated event (printed, posted, mailed...) that is not the invoice date, a VAT id
     that is not the invoice number. No amount is ever added, so a hidden amount stays hidden."""
     top = [rng.choice(TITLES)] if rng.random() < 0.4 else []
-    pool = [(0.5, f"{rng.choice(CONTACTS)}: {inv.vendor} {rng.choice(DEPARTMENTS)} <{inv.vendor_email}>"),
+    pool = [(0.5, contact_line(inv, rng)),
             (0.6, f"{rng.choice(OTHER_DATES)}: {day(inv, inv.date + dt.timedelta(days=rng.randint(1, 12)))}"),
             (0.4, f"{rng.choice(('VAT ID', 'Tax ID', 'VAT reg. no.'))}: {inv.vat_id}")]
     return top, [line for p, line in pool if rng.random() < p]
@@ -559,7 +564,7 @@ def with_rewrites(doc: str, inv: Invoice, rng: random.Random) -> str:
         if r < 0.45:
             lines[i] = f"{line.strip()}{rng.choice((' - ', ' | ', ', Tel. ', ' / '))}{inv.vendor_phone}"
         elif r < 0.75:  # the issuer named only at the end; on top a department's address line
-            lines[i] = f"{rng.choice(CONTACTS)}: {inv.vendor} {rng.choice(DEPARTMENTS)} <{inv.vendor_email}>"
+            lines[i] = contact_line(inv, rng)
             signer = inv.extras.get("signer", inv.contact)
             lines.append(rng.choice((f"{signer}, {inv.vendor}", f"Issued by {inv.vendor}",
                                      f"Kind regards, {signer} ({inv.vendor})")))
