@@ -3,6 +3,7 @@ the `make-data` verb, and a pipeline that generates its own data."""
 
 import json
 import random
+import re
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ponder.tasks.chat import ChatTask
 from ponder.tasks.jsonl import JsonlTask
 from ponder.tasks.spec import TemplatedTask
 from ponder.tasks.probe import probe_task
+from ponder.verifiers.tools import calculate
 
 REPO = Path(__file__).resolve().parent.parent
 GRADER = REPO / "recipes" / "invoice_grader.toml"
@@ -341,3 +343,50 @@ def test_rewrites_keep_the_facts_and_leave_test_documents_alone():
         assert b["prompt"].splitlines()[-1].endswith((b["answer"]["vendor"], f"({b['answer']['vendor']})"))
     with pytest.raises(ConfigError, match="rewrites=2"):
         inv.write_invoices("unused", train=1, test=1, rewrites=2)
+
+
+# -- worked solutions with the calculator ------------------------------------------------------------
+_CALL = re.compile(r"<calc>(.*?)</calc><output>(.*?)</output>")
+
+
+@pytest.mark.parametrize("hidden", inv.HIDDEN_SETS)
+def test_worked_solution_computes_each_hidden_amount_with_the_calculator(hidden):
+    rng = random.Random(f"solutions/{hidden}")
+    x = next(i for i in (inv.make_invoice(rng, "letterhead", 1.0) for _ in range(400)) if i.hidden == hidden)
+    text = inv.worked_solution(x)
+    think, answer = text.split("</think>")
+    assert think.startswith("<think>") and json.loads(answer) == x.gold()
+    calls = _CALL.findall(think)
+    assert "".join(f"<calc>{e}</calc><output>{o}</output>" for e, o in calls) == think[len("<think>"):]
+    assert all(calculate(e) == o for e, o in calls)  # every output is the tool's own
+    values = [Decimal(o) for _, o in calls]
+    expected = ([x.subtotal] if "subtotal" in hidden else []) + \
+        ([x.tax] if "tax" in hidden else []) + ([x.total] if "total" in hidden else [])
+    # a tax from the rate is exact in the output, rounded half up to the cent in the answer
+    assert [v.quantize(Decimal("0.01"), ROUND_HALF_UP) for v in values] == expected
+    # each call uses only amounts the document prints or earlier outputs (rounded)
+    known = {f"{v:f}" for v in [it.amount for it in x.items] + [x.subtotal, x.tax, x.total]
+             if v not in [getattr(x, h) for h in hidden]} | {f"{v:f}" for v in expected} | \
+        {f"{x.tax_rate.normalize():f}", "100"}
+    for e, _ in calls:
+        assert set(re.split(r"[-+*/]", e)) <= known, e
+
+
+def test_printed_amounts_need_no_work():
+    rng = random.Random("printed")
+    x = next(i for i in (inv.make_invoice(rng, "table", 0.0) for _ in range(5)))
+    assert inv.worked_solution(x) == json.dumps(x.gold())
+
+
+def test_solutions_add_completions_and_keep_the_documents(tmp_path):
+    inv.write_invoices(tmp_path / "a", 40, 6, seed=2)
+    inv.write_invoices(tmp_path / "b", 40, 6, seed=2, solutions="calculator")
+    a = [json.loads(l) for l in (tmp_path / "a" / "all.jsonl").open()]
+    b = [json.loads(l) for l in (tmp_path / "b" / "all.jsonl").open()]
+    assert [r["prompt"] for r in a] == [r["prompt"] for r in b] and all("completion" not in r for r in a)
+    assert all(("<calc>" in r["completion"]) == (r["amounts"] == "computed") for r in b)
+    ex = JsonlTask(tmp_path / "b" / "all.jsonl", str(GRADER)).examples("train", 40)
+    assert {e.id: e.solution for e in ex} == {r["id"]: r["completion"] for r in b if r["split"] == "train"}
+    assert all("completion" not in e.info for e in ex)  # not a per-line metric label
+    with pytest.raises(ConfigError, match="solutions 'python' is not valid; choose one of: none, calculator"):
+        inv.write_invoices(tmp_path / "c", 1, 1, solutions="python")

@@ -194,3 +194,36 @@ def test_a_code_task_says_which_sandbox_holds_its_programs(tmp_path):
     unsafe = sandbox_lines(build_task(str(data), "", {"kind": "code_tests", "sandbox": "unsafe-subprocess"}))[0]
     assert unsafe.startswith("sandbox: ") and "unsafe" in unsafe.lower()
     assert sandbox_lines(build_task("arithmetic")) == []
+
+
+def test_sft_on_gold_uses_a_lines_worked_completion_and_masks_tool_outputs(tmp_path):
+    """A line's `completion` (here a calculator call and its output) is what gold SFT trains
+    on; the tool's `<output>…</output>` tokens carry no loss, the model's own tokens do."""
+    from ponder.stages.sft import collate, encode_trace
+    rows = []
+    for i in range(8):
+        a, b = 10 + i, 20 + i
+        rows.append({"id": f"w{i}", "prompt": f"{a}+{b}=?\n", "answer": str(a + b), "split": "train",
+                     "completion": f"<think><calc>{a}+{b}</calc><output>{a + b}</output></think>{a + b}"})
+    data = tmp_path / "worked.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "g.toml").write_text(GRADER)
+    cfg = SFTConfig(task=str(data), grader=str(tmp_path / "g.toml"), gold=8, tools="calculator",
+                    out=str(tmp_path / "sft"), epochs=1, batch_size=4, progress=False, threads=1)
+    _, tok = load_model("tiny")
+    traces = gold_traces(cfg, tok)
+    assert sorted(t.completion for t in traces) == sorted(r["completion"] for r in rows)
+    prompt, completion, mask = encode_trace(tok, traces[0])
+    assert len(mask) == len(completion) and completion[-1] == tok.eos_token_id and mask[-1] == 1
+    masked = tok.decode([t for t, m in zip(completion, mask) if m == 0])
+    kept = tok.decode([t for t, m in zip(completion, mask) if m == 1][:-1])
+    answer = traces[0].completion.split("</think>")[1]
+    assert masked == f"<output>{answer}</output>"  # exactly the tool's text
+    assert kept == traces[0].completion.replace(masked, "")
+    _, _, labels = collate([(prompt, completion, mask)], tok.pad_token_id)
+    assert (labels[0] != -100).sum().item() == sum(mask)
+    assert (sft(cfg) / "model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="test.jsonl:1: `completion` must be a string"):
+        bad = tmp_path / "test.jsonl"
+        bad.write_text(json.dumps({**rows[0], "completion": 5}) + "\n")
+        build_task(str(bad), "", str(tmp_path / "g.toml")).examples("train", 1)

@@ -13,3 +13,6 @@ class Example:
     answer: str  # gold answer, as text
     difficulty: int = 1  # task-specific level, higher is harder
     info: Mapping[str, Any] = field(default_factory=dict)  # task-specific data
+    # a worked gold completion (thinking, tool calls with their outputs, then the answer) that
+    # SFT on gold answers trains on instead of the bare answer; empty = the answer alone
+    solution: str = ""

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,10 +42,14 @@ from ponder.models.model import TinyModelConfig, count_params, load_model, new_t
 from ponder.core.io import read_jsonl, sha256_file
 from ponder.core.loop import TrainingLoop
 from ponder.rl.train import PRECISIONS, autocast, body_and_head
+from ponder.verifiers.tools import OUTPUT_CLOSE, OUTPUT_OPEN, ToolFields
 
 
 @dataclass(frozen=True)
-class SFTConfig(RunFields, TaskFields):
+class SFTConfig(ToolFields, RunFields, TaskFields):
+    """An SFT run. Its tool fields do not change the training (a trace's tool outputs are in
+    its text, and carry no loss); they name the tools the traces call, so that a pipeline's
+    held-out evaluation of the model runs them."""
     data: str = option("", "JSONL trace file(s), comma-separated; each line has 'prompt' and 'completion'")
     gold: int = option(0, "also train on the gold answers of this many train examples of the task, prompts "
                        "in the task's format (SFT on labelled data: a cold start before RL)")
@@ -68,6 +73,7 @@ class SFTConfig(RunFields, TaskFields):
 
     def __post_init__(self):
         check_choices(self)
+        ToolFields.__post_init__(self)
         if self.micro_batch < 0:
             raise ConfigError(f"SFTConfig.micro_batch must be >= 0 (0 = the whole batch), got {self.micro_batch}")
         if self.gold < 0:
@@ -128,33 +134,62 @@ def gold_traces(cfg: SFTConfig, tok) -> list[Trace]:
         raise ConfigError(f"SFTConfig.gold = {cfg.gold}, but the task {task.name!r} has only "
                           f"{len(examples)} train examples")
     raw = not isinstance(task, ChatTask)
-    return [Trace(ex.prompt, f"{THINK_OPEN}{THINK_CLOSE}{ex.answer}" if raw else ex.answer,
+    return [Trace(ex.prompt, ex.solution or (f"{THINK_OPEN}{THINK_CLOSE}{ex.answer}" if raw else ex.answer),
                   f"{task.name}:{ex.id}") for ex in examples]
 
 
-def encode_trace(tok, t: Trace) -> tuple[list[int], list[int]]:
+_TOOL_OUTPUT = re.compile(f"({re.escape(OUTPUT_OPEN)}.*?{re.escape(OUTPUT_CLOSE)})", re.DOTALL)
+
+
+def completion_segments(completion: str) -> list[tuple[str, bool]]:
+    """(text, is tool output) pieces of a completion: a tool's `<output>…</output>` is
+    written by the tool, not the model, so it carries no loss.
+
+    >>> completion_segments("<calc>2+3</calc><output>5</output> so 5")
+    [('<calc>2+3</calc>', False), ('<output>5</output>', True), (' so 5', False)]
+    """
+    return [(part, i % 2 == 1) for i, part in enumerate(_TOOL_OUTPUT.split(completion)) if part]
+
+
+def encode_trace(tok, t: Trace) -> tuple[list[int], ...]:
     """(prompt ids, completion ids + EOS), tokenized as the engine sees them: the prompt with
-    the tokenizer's specials (BOS), the completion without."""
+    the tokenizer's specials (BOS), the completion without. A completion holding tool
+    outputs gets a third list, its loss mask (0 on a tool's tokens): each piece is
+    tokenized on its own, as the tool rollout appends a call's output to the row."""
     try:
         prompt = tok(t.prompt)["input_ids"]
-        completion = tok(t.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        pieces = completion_segments(t.completion)
+        ids = [tok(text, add_special_tokens=False)["input_ids"] for text, _ in pieces]
     except Exception as e:  # `tokenizers` raises a plain Exception for text it cannot encode
         raise TraceFileError(f"{t.source}: the model's tokenizer cannot encode this trace ({e})") from None
-    return prompt, completion
+    completion = [i for part in ids for i in part] + [tok.eos_token_id]
+    if not any(tool for _, tool in pieces):
+        return prompt, completion
+    mask = [0 if tool else 1 for part, (_, tool) in zip(ids, pieces) for _ in part] + [1]
+    return prompt, completion, mask
 
 
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
+def target_count(row: tuple[list[int], ...]) -> int:
+    """Completion tokens of an encoded trace that carry loss (a tool's tokens do not)."""
+    return sum(row[2]) if len(row) > 2 else len(row[1])
+
+
+def collate(rows: list[tuple[list[int], ...]], pad_id: int):
     """Right-padded (ids, attention_mask, labels), each (B, L); labels are -100 except on
-    completion tokens, so the loss ignores the prompt and the padding."""
-    L = max(len(p) + len(c) for p, c in rows)
+    completion tokens (and not on a tool's output, see `encode_trace`), so the loss ignores
+    the prompt, the padding and what tools wrote."""
+    L = max(len(r[0]) + len(r[1]) for r in rows)
     ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
     attn = torch.zeros((len(rows), L), dtype=torch.long)
     labels = torch.full((len(rows), L), -100, dtype=torch.long)
-    for i, (p, c) in enumerate(rows):
+    for i, (p, c, *mask) in enumerate(rows):
         seq = torch.tensor(p + c)
         ids[i, : len(seq)] = seq
         attn[i, : len(seq)] = 1
-        labels[i, len(p): len(seq)] = torch.tensor(c)
+        target = torch.tensor(c)
+        if mask:
+            target[torch.tensor(mask[0]) == 0] = -100
+        labels[i, len(p): len(seq)] = target
     return ids, attn, labels
 
 
@@ -177,7 +212,7 @@ def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor)
     return F.cross_entropy(head(hidden[sel]).float(), target[sel])
 
 
-def backward_batch(model, rows: list[tuple[list[int], list[int]]], pad_id: int, micro_batch: int,
+def backward_batch(model, rows: list[tuple[list[int], ...]], pad_id: int, micro_batch: int,
                    precision: str) -> torch.Tensor:
     """Forward and backward the batch's mean completion-token loss; returns the loss (detached).
 
@@ -192,11 +227,11 @@ def backward_batch(model, rows: list[tuple[list[int], list[int]]], pad_id: int, 
             loss.backward()
         return loss.detach()
     chunks = [rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch)]
-    total = sum(len(c) for _, c in rows)
+    total = sum(target_count(r) for r in rows)
     loss = torch.zeros(())
     for chunk in chunks:
         with autocast(precision):
-            part = sft_loss(model, *collate(chunk, pad_id)) * (sum(len(c) for _, c in chunk) / total)
+            part = sft_loss(model, *collate(chunk, pad_id)) * (sum(target_count(r) for r in chunk) / total)
         if not torch.isfinite(part):
             return part.detach()
         part.backward()
@@ -325,7 +360,7 @@ def _sft(cfg: SFTConfig, resume: bool, log_prefix: str) -> Path:
             sched.step()
             done = step + 1
             metrics = {"loss": loss.item(), "grad_norm": gn.item(), "lr": lr, "epoch": step // spe,
-                       "tokens": sum(len(c) for _, c in rows), "step_time": time.perf_counter() - t0}
+                       "tokens": sum(target_count(r) for r in rows), "step_time": time.perf_counter() - t0}
             if loop.end_step(done, metrics, loss=f"{loss.item():.4f}"):
                 ckpt.save(ck_root, done, model, tok, {
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "config": asdict(cfg),

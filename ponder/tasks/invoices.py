@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ponder.core import config as C
 from ponder.core.config import ConfigError, check_choices, option
+from ponder.verifiers.tools import calculate
 
 FIELDS = ("vendor", "invoice_number", "date", "currency", "subtotal", "tax", "total")
 SCHEMA = {
@@ -588,13 +589,46 @@ def layouts_of(split: str) -> tuple[str, ...]:
     raise ConfigError(f"split {split!r} is not valid; choose one of: train, test")
 
 
+SOLUTIONS = ("none", "calculator")
+
+
+def worked_solution(inv: Invoice) -> str:
+    """The gold completion for a model that runs the calculator tool: each amount the
+    document leaves out computed by a `<calc>` call from what it prints (the subtotal from
+    the line amounts, the tax from the total or the rate, the total from subtotal and tax),
+    the calculator's `<output>` after it, then the JSON answer. A tax from the rate is
+    exact in the output and rounded to the cent in the answer. No amount left out: the
+    bare answer, as without the tool.
+
+    >>> rng = random.Random("doc")
+    >>> inv = next(i for i in (make_invoice(rng, "email", 1.0) for _ in range(50)) if i.hidden == ("total",))
+    >>> worked_solution(inv).startswith(f"<think><calc>{inv.subtotal:f}+{inv.tax:f}</calc><output>{inv.total:f}")
+    True
+    """
+    answer = json.dumps(inv.gold())  # as the JSONL task writes a line's answer object
+    if not inv.hidden:
+        return answer
+    calls = []
+    if "subtotal" in inv.hidden:
+        calls.append("+".join(f"{it.amount:f}" for it in inv.items))
+    if "tax" in inv.hidden:
+        by_rate = "total" in inv.hidden
+        calls.append(f"{inv.subtotal:f}*{inv.tax_rate.normalize():f}/100" if by_rate
+                     else f"{inv.total:f}-{inv.subtotal:f}")
+    if "total" in inv.hidden:
+        calls.append(f"{inv.subtotal:f}+{inv.tax:f}")
+    work = "".join(f"<calc>{expr}</calc><output>{calculate(expr)}</output>" for expr in calls)
+    return f"<think>{work}</think>{answer}"
+
+
 def example(seed: int, split: str, index: int, computed_share: float = 0.3, distractors: float = 0.0,
-            rewrites: float = 0.0) -> dict:
+            rewrites: float = 0.0, solutions: str = "none") -> dict:
     """Line `index` of `split`: a pure function of its arguments. Layouts take turns, so
     every layout of the split is equally common. A `distractors` share of training documents
     gets `with_distractors` (drawn from its own stream: the documents without them, and every
     test document, are the same as with `distractors = 0`); a `rewrites` share, likewise, gets
-    `with_rewrites`."""
+    `with_rewrites`. `solutions = "calculator"` adds the line's `completion`, its
+    `worked_solution` (the document is the same)."""
     layouts = layouts_of(split)
     layout = layouts[index % len(layouts)]
     rng = random.Random(f"invoices/{seed}/{split}/{index}")
@@ -606,18 +640,21 @@ def example(seed: int, split: str, index: int, computed_share: float = 0.3, dist
     other = random.Random(f"invoices/{seed}/{split}/{index}/rewrites")
     if split == "train" and other.random() < rewrites:
         doc = with_rewrites(doc, inv, other)
-    return {"id": f"{split}-{index:05d}", "split": split, "prompt": doc, "answer": inv.gold(), "layout": layout,
-            "layout_group": "held_out" if layout in HELD_OUT_LAYOUTS else "seen", "amounts": inv.amounts,
-            "number_format": inv.number_format}
+    row = {"id": f"{split}-{index:05d}", "split": split, "prompt": doc, "answer": inv.gold(), "layout": layout,
+           "layout_group": "held_out" if layout in HELD_OUT_LAYOUTS else "seen", "amounts": inv.amounts,
+           "number_format": inv.number_format}
+    if solutions == "calculator":
+        row["completion"] = worked_solution(inv)
+    return row
 
 
 def examples(split: str, n: int, seed: int = 0, computed_share: float = 0.3,
              avoid: frozenset[str] | set[str] = frozenset(), distractors: float = 0.0,
-             rewrites: float = 0.0) -> list[dict]:
+             rewrites: float = 0.0, solutions: str = "none") -> list[dict]:
     """`n` distinct examples of `split`, none whose document is in `avoid`."""
     out, seen, i = [], set(avoid), 0
     while len(out) < n:
-        row = example(seed, split, i, computed_share, distractors, rewrites)
+        row = example(seed, split, i, computed_share, distractors, rewrites, solutions)
         i += 1
         if row["prompt"] not in seen:
             seen.add(row["prompt"])
@@ -637,8 +674,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_invoices(out: str | Path, train: int, test: int, seed: int = 0, computed_share: float = 0.3,
-                   distractors: float = 0.0, rewrites: float = 0.0) -> dict:
+                   distractors: float = 0.0, rewrites: float = 0.0, solutions: str = "none") -> dict:
     """DIR/train.jsonl, DIR/test.jsonl and DIR/all.jsonl (both, with their `split`); returns the counts."""
+    if solutions not in SOLUTIONS:
+        raise ConfigError(f"solutions {solutions!r} is not valid; choose one of: {', '.join(SOLUTIONS)}")
     shares = {"computed_share": computed_share, "distractors": distractors, "rewrites": rewrites}
     bad = {k: v for k, v in shares.items() if not 0 <= v <= 1}
     if train < 0 or test < 0 or bad:
@@ -646,9 +685,9 @@ def write_invoices(out: str | Path, train: int, test: int, seed: int = 0, comput
                           + ", ".join(f"{k}={v}" for k, v in shares.items()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    test_rows = examples("test", test, seed, computed_share)
+    test_rows = examples("test", test, seed, computed_share, solutions=solutions)
     train_rows = examples("train", train, seed, computed_share, avoid={r["prompt"] for r in test_rows},
-                          distractors=distractors, rewrites=rewrites)
+                          distractors=distractors, rewrites=rewrites, solutions=solutions)
     write_jsonl(out / "train.jsonl", train_rows)
     write_jsonl(out / "test.jsonl", test_rows)
     write_jsonl(out / "all.jsonl", train_rows + test_rows)
@@ -671,6 +710,9 @@ class MakeDataConfig:
                                 "test documents never change")
     rewrites: float = option(0.0, "share of training documents whose vendor line carries its phone and whose "
                              "labelled invoice date is written as a phrase; test documents never change")
+    solutions: str = option("none", "each line's worked gold completion (`completion`, what SFT with gold = N "
+                            "trains on): none (the bare JSON answer) or calculator (amounts left out computed "
+                            "by <calc> calls, for a model run with tools = \"calculator\")", choices=SOLUTIONS)
     out: str = option("data", "output folder: train.jsonl, test.jsonl and all.jsonl (both splits)")
 
     def __post_init__(self):
@@ -679,7 +721,7 @@ class MakeDataConfig:
 
 def make_data(cfg: MakeDataConfig) -> dict:
     return GENERATORS[cfg.generator](cfg.out, cfg.train, cfg.test, cfg.seed, cfg.computed_share, cfg.distractors,
-                                     cfg.rewrites)
+                                     cfg.rewrites, cfg.solutions)
 
 
 # -- the report of a pipeline run ------------------------------------------------------------------

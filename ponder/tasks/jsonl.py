@@ -2,7 +2,9 @@
 
 Each line is an object with `prompt` and `answer` (a string, or any JSON
 value, which is stored as JSON text for the json_schema grader), and
-optionally `id`, `difficulty`, `split` ("train"/"test") and any other fields,
+optionally `id`, `difficulty`, `split` ("train"/"test"), `completion` (a worked
+gold completion -- thinking, tool calls with their `<output>`s, then the answer --
+that `gold = N` SFT trains on instead of the bare answer) and any other fields,
 which go to `Example.info` (e.g. `tests` and `entry_point` for code_tests).
 Without a `split` field, a line belongs to the split given by a hash of its
 prompt, so train and test never share a prompt.
@@ -26,7 +28,7 @@ from ponder.core.verdict import Verdict
 from ponder.verifiers.custom import (CodeTestsGrader, CombineGrader, Grader, JsonSchemaGrader, PythonGrader, grade, load_function,
                                      load_grader, parse_grader)
 
-_KNOWN = ("id", "prompt", "answer", "difficulty", "split")
+_KNOWN = ("id", "prompt", "answer", "difficulty", "split", "completion")
 
 
 def read_examples(path: str | Path) -> list[tuple[str, Example, str]]:
@@ -58,8 +60,13 @@ def _example(row, where: str, lineno: int, ids: dict[str, str]) -> tuple[str, Ex
     split = row.get("split") or split_of(row["prompt"])
     if split not in SPLITS:
         raise ConfigError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    solution = row.get("completion", "")
+    if not isinstance(solution, str):
+        raise ConfigError(f"{where}: `completion` must be a string (a worked gold completion), "
+                          f"got {type(solution).__name__}")
     info = {k: v for k, v in row.items() if k not in _KNOWN}
-    return split, Example(id=ex_id, prompt=row["prompt"], answer=answer, difficulty=difficulty, info=info)
+    return split, Example(id=ex_id, prompt=row["prompt"], answer=answer, difficulty=difficulty, info=info,
+                          solution=solution)
 
 
 def make_grader(grader: Any, base_dir: Path = Path(".")) -> Grader:
