@@ -31,7 +31,7 @@ def test_bonus_applies_only_below_the_target():
     assert entropy_bonus_weight(0.02, None, TARGET) == 0.0  # before the first step
 
 
-def simulate(bonus, steps=300, sharpen=0.05, noise=0.05, seed=0):
+def simulate(bonus, steps=300, sharpen=0.05, noise=0.05, seed=0, aim=TARGET):
     """A run's entropy under RL sharpening: the log-sharpness x grows by `sharpen` per step
     (plus noise) and an applied bonus w pulls it back by w; entropy = 0.16 * exp(-x)
     (the quickstart starts at 0.16 nats). The bonus acts on the *parameters*, so its effect
@@ -42,7 +42,7 @@ def simulate(bonus, steps=300, sharpen=0.05, noise=0.05, seed=0):
         x += sharpen - bonus(coef, seen) + noise * rng.gauss(0, 1)
         e = 0.16 * math.exp(-x)
         out.append(e)
-        coef, seen = entropy_coef_update(coef, e, TARGET, step=0.005, max_coef=0.3), e
+        coef, seen = entropy_coef_update(coef, e, aim, step=0.005, max_coef=0.3), e
     return out[100:]  # after the controller has found its level
 
 
@@ -54,6 +54,18 @@ def test_simulated_collapse_is_held_at_the_target():
         assert statistics.median(held) >= 0.98 * TARGET, seed  # it sits at the target...
         assert min(held) >= 0.7 * TARGET, (seed, min(held))  # ...never far below (a noisy step or two)...
         assert max(held) <= 1.3 * TARGET, (seed, max(held))  # ...and never blown up (the gate stops wind-up)
+
+
+def test_a_margin_keeps_entropy_above_the_target_as_a_floor():
+    """Aimed at the target itself, the controller's swings dip below it; aimed 40% above
+    (`entropy_margin = 0.4`, the aim `RLConfig.entropy_aim`) they stay above it."""
+    from ponder.rl.train import RLConfig
+    aim = RLConfig(entropy_target=TARGET, entropy_margin=0.4).entropy_aim
+    assert aim == pytest.approx(1.4 * TARGET)
+    at = [min(simulate(lambda c, e: entropy_bonus_weight(c, e, TARGET), seed=s)) for s in range(20)]
+    floor = [min(simulate(lambda c, e: entropy_bonus_weight(c, e, aim), seed=s, aim=aim)) for s in range(20)]
+    assert min(at) < 0.8 * TARGET, min(at)
+    assert min(floor) >= TARGET, min(floor)
 
 
 def test_the_gate_is_what_stops_the_overshoot():

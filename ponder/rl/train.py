@@ -95,6 +95,9 @@ class RLConfig(ToolFields, RunFields, TaskFields):
                                    "by entropy_coef_step per step below it and falls by as much above; 0 = off")
     entropy_coef_step: float = option(0.005, "change of the entropy bonus coefficient per step")
     entropy_coef_max: float = option(0.05, "largest entropy bonus coefficient")
+    entropy_margin: float = option(0.0, "entropy_target as a floor: the controller aims this share above it "
+                                   "(target * (1 + margin)), so that its swings around the aim stay above the "
+                                   "target; 0 = aim at the target itself (Skywork-OR1)")
     scale_rewards: bool = option(True, "divide by the group std (False = Dr. GRPO)")
     loss_agg: str = option("token", "loss aggregation: token-level (DAPO) or per-sequence (GRPO)",
                            choices=tuple(AGGREGATIONS))
@@ -147,6 +150,11 @@ class RLConfig(ToolFields, RunFields, TaskFields):
     is_cap: float = option(2.0, "max_staleness >= 1: truncation of the importance weight pi_prox / pi_behaviour "
                            "of each token of a lagging rollout")
 
+    @property
+    def entropy_aim(self) -> float:
+        """The entropy the controller steers to (0 = control off)."""
+        return self.entropy_target * (1 + self.entropy_margin)
+
     def __post_init__(self):
         check_choices(self)
         check_workers_config(self)
@@ -173,9 +181,10 @@ class RLConfig(ToolFields, RunFields, TaskFields):
             raise ConfigError(f"need gae_gamma, gae_lambda in [0, 1], value_clip > 0, value_coef >= 0, "
                               f"value_hidden >= 1, value_lr_scale > 0; got {self.gae_gamma}, {self.gae_lambda}, {self.value_clip}, "
                               f"{self.value_coef}, {self.value_hidden}")
-        if min(self.entropy_target, self.entropy_coef_step, self.entropy_coef_max) < 0:
-            raise ConfigError(f"entropy_target, entropy_coef_step and entropy_coef_max must be >= 0; got "
-                              f"{self.entropy_target}, {self.entropy_coef_step}, {self.entropy_coef_max}")
+        if min(self.entropy_target, self.entropy_coef_step, self.entropy_coef_max, self.entropy_margin) < 0:
+            raise ConfigError(f"entropy_target, entropy_coef_step, entropy_coef_max and entropy_margin must be "
+                              f">= 0; got {self.entropy_target}, {self.entropy_coef_step}, {self.entropy_coef_max}, "
+                              f"{self.entropy_margin}")
         if self.lr <= 0 or self.kl_coef < 0 or self.format_weight < 0 or self.length_weight < 0:
             raise ConfigError(f"lr must be > 0, kl_coef, format_weight and length_weight >= 0; got {self.lr}, "
                               f"{self.kl_coef}, {self.format_weight}, {self.length_weight}")
@@ -727,7 +736,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                         batch, off_policy = importance_weighted(model, batch, rolled.groups, cfg)
                     metrics.update(off_policy)
                 t1 = time.perf_counter()
-                bonus = entropy_bonus_weight(learner.entropy_coef, learner.entropy_seen, cfg.entropy_target) \
+                bonus = entropy_bonus_weight(learner.entropy_coef, learner.entropy_seen, cfg.entropy_aim) \
                     if cfg.entropy_target else 0.0
                 try:
                     metrics.update(update_policy(model, ref_model, opt, batch, cfg, aggregate, learner.value_head,
@@ -738,10 +747,11 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                         f"{e} at step {step + 1}; stopped. Last good checkpoint: "
                         f"{last if last else 'none (no checkpoint was written yet)'}") from None
                 metrics["train_seconds"] = time.perf_counter() - t1
-                if cfg.entropy_target:  # entropy_coef: the weight this step trained with (0 above the target)
-                    metrics.update(entropy_coef=bonus, entropy_coef_state=learner.entropy_coef)
+                if cfg.entropy_target:  # entropy_coef: the weight this step trained with (0 above the aim)
+                    metrics.update(entropy_coef=bonus, entropy_coef_state=learner.entropy_coef,
+                                   entropy_below_target=float(metrics["entropy"] < cfg.entropy_target))
                     learner.entropy_coef = entropy_coef_update(learner.entropy_coef, metrics["entropy"],
-                                                               cfg.entropy_target, cfg.entropy_coef_step,
+                                                               cfg.entropy_aim, cfg.entropy_coef_step,
                                                                cfg.entropy_coef_max)
                     learner.entropy_seen = metrics["entropy"]
             metrics.update(step_time=time.perf_counter() - t0, lr=lr, peak_rss_gb=peak_rss_gb())
