@@ -593,30 +593,27 @@ SOLUTIONS = ("none", "calculator")
 
 
 def worked_solution(inv: Invoice) -> str:
-    """The gold completion for a model that runs the calculator tool: each amount the
-    document leaves out computed by a `<calc>` call from what it prints (the subtotal from
-    the line amounts, the tax from the total or the rate, the total from subtotal and tax),
-    the calculator's `<output>` after it, then the JSON answer. A tax from the rate is
-    exact in the output and rounded to the cent in the answer. No amount left out: the
-    bare answer, as without the tool.
+    """The gold completion for a model that runs the calculator tool: an amount the document
+    leaves out is computed by a `<calc>` call from what it prints (the subtotal from the line
+    amounts, the tax from the total or from the rate), and the total is always computed last
+    as subtotal + tax -- one habit for every document, so the model never has to decide
+    whether to call, and never copies a long total digit by digit (a 135M model's most common
+    slip on noisy scans). The calculator's `<output>` follows each call, then the JSON answer;
+    a tax from the rate is exact in the output and rounded to the cent in the answer.
 
     >>> rng = random.Random("doc")
-    >>> inv = next(i for i in (make_invoice(rng, "email", 1.0) for _ in range(50)) if i.hidden == ("total",))
+    >>> inv = next(i for i in (make_invoice(rng, "email", 0.0) for _ in range(5)))
     >>> worked_solution(inv).startswith(f"<think><calc>{inv.subtotal:f}+{inv.tax:f}</calc><output>{inv.total:f}")
     True
     """
     answer = json.dumps(inv.gold())  # as the JSONL task writes a line's answer object
-    if not inv.hidden:
-        return answer
     calls = []
     if "subtotal" in inv.hidden:
         calls.append("+".join(f"{it.amount:f}" for it in inv.items))
     if "tax" in inv.hidden:
-        by_rate = "total" in inv.hidden
-        calls.append(f"{inv.subtotal:f}*{inv.tax_rate.normalize():f}/100" if by_rate
+        calls.append(f"{inv.subtotal:f}*{inv.tax_rate.normalize():f}/100" if "total" in inv.hidden
                      else f"{inv.total:f}-{inv.subtotal:f}")
-    if "total" in inv.hidden:
-        calls.append(f"{inv.subtotal:f}+{inv.tax:f}")
+    calls.append(f"{inv.subtotal:f}+{inv.tax:f}")
     work = "".join(f"<calc>{expr}</calc><output>{calculate(expr)}</output>" for expr in calls)
     return f"<think>{work}</think>{answer}"
 
@@ -711,8 +708,9 @@ class MakeDataConfig:
     rewrites: float = option(0.0, "share of training documents whose vendor line carries its phone and whose "
                              "labelled invoice date is written as a phrase; test documents never change")
     solutions: str = option("none", "each line's worked gold completion (`completion`, what SFT with gold = N "
-                            "trains on): none (the bare JSON answer) or calculator (amounts left out computed "
-                            "by <calc> calls, for a model run with tools = \"calculator\")", choices=SOLUTIONS)
+                            "trains on): none (the bare JSON answer) or calculator (<calc> calls compute the "
+                            "amounts left out and the total, for a model run with tools = \"calculator\")",
+                            choices=SOLUTIONS)
     out: str = option("data", "output folder: train.jsonl, test.jsonl and all.jsonl (both splits)")
 
     def __post_init__(self):
