@@ -112,6 +112,52 @@ def test_a_worker_killed_mid_run_is_restarted_and_no_step_is_lost(local, tmp_pat
     assert max_diff(weights(local), weights(out)) <= 1e-6  # and none trained on twice or lost
 
 
+def _counting_verifiers(monkeypatch, after_first=None):
+    """Record every VerifierPool call (its size); `after_first(pool)` runs once, after the first."""
+    calls = []
+    call = workers.VerifierPool.__call__
+
+    def counted(self, task, completions, examples):
+        out = call(self, task, completions, examples)
+        calls.append(len(out))
+        if after_first and len(calls) == 1:
+            after_first(self)
+        return out
+    monkeypatch.setattr(workers.VerifierPool, "__call__", counted)
+    return calls
+
+
+@pytest.mark.slow
+def test_verifier_workers_give_the_local_loop(local, tmp_path, monkeypatch):
+    calls = _counting_verifiers(monkeypatch)
+    train(RLConfig(out=str(tmp_path / "v"), verifier_workers=2, **BASE))
+    assert sum(calls) == BASE["steps"] * BASE["prompts_per_step"] * BASE["group_size"]  # every verdict came from them
+    assert max_diff(weights(local), weights(tmp_path / "v")) <= 1e-6
+    same_metrics(metrics(local), metrics(tmp_path / "v"))
+
+
+@pytest.mark.slow
+def test_a_verifier_killed_mid_run_is_restarted_and_no_step_is_lost(local, tmp_path, monkeypatch):
+    killed = []
+
+    def kill_one(pool):
+        pid = pool.pids()[0]
+        assert pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+    calls = _counting_verifiers(monkeypatch, after_first=kill_one)
+    out = tmp_path / "v"
+    train(RLConfig(out=str(out), verifier_workers=2, **BASE))
+    assert killed and len(calls) == BASE["steps"]
+    assert [x["step"] for x in metrics(out)] == [1, 2, 3]
+    assert max_diff(weights(local), weights(out)) <= 1e-6
+
+
+def test_verifier_workers_with_rollout_workers_are_refused_saying_why():
+    with pytest.raises(ConfigError, match="rollout workers verify their own samples"):
+        RLConfig(rollout_workers=1, verifier_workers=1)
+
+
 def test_staleness_without_workers_is_refused_saying_why():
     with pytest.raises(ConfigError, match="needs rollout workers"):
         RLConfig(max_staleness=1)

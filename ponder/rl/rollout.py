@@ -87,12 +87,13 @@ def request_chunks(engine: Engine, examples: list[Example], n: int, seed: int, i
 
 def rollout(engine: Engine, task: Task, examples: list[Example], n: int, params: SamplingParams,
             seed: int, chunk: int = 0, reward: RewardFn = verdict_score, index_offset: int = 0,
-            max_tokens: list[int] | None = None, policy_version: int = 0) -> RolloutResult:
+            max_tokens: list[int] | None = None, policy_version: int = 0, verify=verify_batch) -> RolloutResult:
     """`n` verified samples of each example, as one `Group` per example (in order).
 
     `chunk` bounds the prompts per generation batch (0 = all at once); it changes
     memory and speed, never the result. `max_tokens` gives a per-example
-    completion limit (default: `params.max_new_tokens`)."""
+    completion limit (default: `params.max_new_tokens`). `verify` has `verify_batch`'s
+    signature (a pool of verifier workers, `ponder.rl.workers.VerifierPool`, is one)."""
     if max_tokens is not None and len(max_tokens) != len(examples):
         raise ValueError(f"max_tokens has {len(max_tokens)} entries for {len(examples)} examples")
     groups, tokens, seconds = [], 0, 0.0
@@ -101,7 +102,7 @@ def rollout(engine: Engine, task: Task, examples: list[Example], n: int, params:
         flat = engine.generate_ids(ids, n, params, seeds, limits)
         tokens += engine.last_stats.generated_tokens
         seconds += engine.last_stats.seconds
-        verdicts = verify_batch(task, [s.text for s in flat], [ex for ex in part for _ in range(n)])
+        verdicts = verify(task, [s.text for s in flat], [ex for ex in part for _ in range(n)])
         for i, ex in enumerate(part):
             samples, vs = tuple(flat[i * n:(i + 1) * n]), tuple(verdicts[i * n:(i + 1) * n])
             groups.append(Group(ex, samples, vs, rewards_of(samples, vs, reward), policy_version))

@@ -160,7 +160,7 @@ class ToolGroup(Group):
 
 def rollout_with_tools(engine: Engine, task: Task, examples: list[Example], n: int, params: SamplingParams,
                        seed: int, toolbox: Toolbox, reward: RewardFn = verdict_score, index_offset: int = 0,
-                       policy_version: int = 0, chunk: int = 0) -> RolloutResult:
+                       policy_version: int = 0, chunk: int = 0, verify=verify_batch) -> RolloutResult:
     """`ponder.rl.rollout.rollout` with tools: the same seeding rule (row (i, j) of the request
     draws from `row_seed(seed, index_offset + i, j)` at any `chunk` size), groups carrying their
     loss masks. `generated_tokens` counts the model's tokens only; `seconds` is generation with the
@@ -170,7 +170,7 @@ def rollout_with_tools(engine: Engine, task: Task, examples: list[Example], n: i
         t0 = time.perf_counter()
         flat = generate_with_tools(engine, ids, n, params, seeds, [params.max_new_tokens] * len(part), toolbox)
         seconds += time.perf_counter() - t0
-        verdicts = verify_batch(task, [t.sample.text for t in flat], [ex for ex in part for _ in range(n)])
+        verdicts = verify(task, [t.sample.text for t in flat], [ex for ex in part for _ in range(n)])
         for i, ex in enumerate(part):
             rows, vs = flat[i * n:(i + 1) * n], tuple(verdicts[i * n:(i + 1) * n])
             samples = tuple(t.sample for t in rows)

@@ -30,7 +30,7 @@ from ponder.core.device import autocast as autocast_bf16, move, of as device_of,
 from ponder.core.lock import run_lock
 from ponder.rl.distributed import is_main, my_rows, process_group, reduce_gradients, sharded_rollout
 from ponder.rl.offpolicy import staleness_metrics, with_importance_weights
-from ponder.rl.workers import check_config as check_workers_config, rollout_workers
+from ponder.rl.workers import check_config as check_workers_config, rollout_workers, verifier_workers
 from ponder.models import lora
 from ponder.core import config as C
 from ponder.tasks.spec import TaskFields, is_file_task, make_task, sandbox_lines
@@ -146,6 +146,9 @@ class RLConfig(ToolFields, RunFields, TaskFields):
     max_staleness: int = option(0, "with rollout workers: how many policy versions the rollouts may lag the "
                                 "update (step s samples with the weights after step s - K, while the trainer "
                                 "updates); 0 = synchronous, the local loop's numbers exactly")
+    verifier_workers: int = option(0, "Ray actors that verify the completions of a step, each on its share, while "
+                                   "the trainer waits (for slow graders: code tests in the sandbox, math "
+                                   "checks); 0 = threads in this process; needs pip install 'ponder[distributed]'")
     ray_address: str = option("", "Ray cluster to join (e.g. ray://host:10001); empty = a local Ray on this machine")
     is_cap: float = option(2.0, "max_staleness >= 1: truncation of the importance weight pi_prox / pi_behaviour "
                            "of each token of a lagging rollout")
@@ -230,9 +233,11 @@ class StepRollouts:
 
 
 def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
-                  history: PassHistory | None = None, toolbox: Toolbox | None = None) -> StepRollouts:
+                  history: PassHistory | None = None, toolbox: Toolbox | None = None, verify=None) -> StepRollouts:
     """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups.
-    With `toolbox` the rollouts call tools, and the metrics count the calls (`tool_metrics`)."""
+    With `toolbox` the rollouts call tools, and the metrics count the calls (`tool_metrics`);
+    `verify` replaces the in-process `verify_batch` (verifier workers)."""
+    by = {"verify": verify} if verify is not None else {}
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     kept: list[tuple[Group, torch.Tensor]] = []
     seen: list[Group] = []
@@ -240,7 +245,7 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
     for round_ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
         out = sharded_rollout(engine, task, step_examples(task, cfg, step, round_, history), cfg.group_size, params,
                       seed=cfg.seed * 7_919 + step * 13 + round_, reward=reward_fn(cfg), policy_version=step,
-                      toolbox=toolbox)
+                      toolbox=toolbox, **by)
         gen_s, gen_tokens = gen_s + out.seconds, gen_tokens + out.generated_tokens
         for group in out.groups:
             r = group_rewards(group, cfg.length_weight)
@@ -709,7 +714,8 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
     hint = f"Resume with: ponder train --resume --out {out} (same recipe/flags)"
     name = "PPO" if cfg.advantage == "gae" else "GRPO"
     with TrainingLoop(out if is_main() else None, cfg.steps, start, f"{log_prefix}{name}", cfg.progress and is_main(),
-                      cfg.tensorboard, cfg.save_every, hint) as loop, rollout_workers(cfg, tok) as pool:
+                      cfg.tensorboard, cfg.save_every, hint) as loop, rollout_workers(cfg, tok) as pool, \
+            verifier_workers(cfg) as verifiers:
         for step in loop:
             t0 = time.perf_counter()
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -720,7 +726,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
             engine = Engine(sampler, tok) if pool is None else pool.publish(sampler, step)  # version = steps done
             phases = Phases()  # the step's breakdown (`step_breakdown`)
             with phases("rollout"):
-                rolled = sample_groups(engine, task, cfg, step, learner.pass_history, toolbox) if pool is None else \
+                rolled = sample_groups(engine, task, cfg, step, learner.pass_history, toolbox, verifiers) if pool is None else \
                     pool.ahead(step, cfg.steps, lambda s: sample_groups(pool, task, cfg, s, learner.pass_history))
             if cfg.difficulty_sampling:
                 learner.pass_history = record(learner.pass_history or PassHistory(cfg.difficulty_window), list(rolled.seen))

@@ -16,6 +16,12 @@ local loop's metrics and final weights).
   the version that sampled them (`Group.policy_version`); metrics log the lag and, with
   K >= 1, the truncated importance weights (`ponder.rl.offpolicy`) that correct for it.
 
+Verifier workers (`--verifier-workers M`) are M more actors, each holding the task, that
+verify a contiguous share of a step's completions (`VerifierPool`, a drop-in for
+`verify_batch`): the same verdicts in the same order, so the run is the local loop's;
+a killed verifier is restarted by Ray and its call re-issued. They serve the local
+rollout (rollout workers verify their own samples).
+
 Ray is an extra: `pip install 'ponder[distributed]'`.
 """
 
@@ -47,9 +53,12 @@ def import_ray():
 
 def check_config(cfg) -> None:
     """Combinations the workers refuse, and why (called from `RLConfig.__post_init__`)."""
-    if cfg.rollout_workers < 0 or cfg.max_staleness < 0:
-        raise ConfigError(f"rollout_workers and max_staleness must be >= 0, got {cfg.rollout_workers}, "
-                          f"{cfg.max_staleness}")
+    if min(cfg.rollout_workers, cfg.max_staleness, cfg.verifier_workers) < 0:
+        raise ConfigError(f"rollout_workers, max_staleness and verifier_workers must be >= 0, got "
+                          f"{cfg.rollout_workers}, {cfg.max_staleness}, {cfg.verifier_workers}")
+    if cfg.verifier_workers and cfg.rollout_workers:
+        raise ConfigError(f"verifier_workers = {cfg.verifier_workers} with rollout_workers = {cfg.rollout_workers}: "
+                          f"rollout workers verify their own samples; use one or the other")
     if cfg.is_cap < 1:
         raise ConfigError(f"is_cap must be >= 1 (a weight cap below 1 would shrink even on-policy tokens), "
                           f"got {cfg.is_cap}")
@@ -179,6 +188,63 @@ class RolloutPool:
         self.ahead_pool.shutdown(wait=True, cancel_futures=True)
         for w in self.workers:
             self.ray.kill(w)
+
+
+class VerifierWorker:
+    """One process holding the task (its prompt format too): verifies what it is sent."""
+
+    def __init__(self, cfg):
+        from ponder.models.model import load_tokenizer
+        from ponder.tasks.spec import make_task
+        self.task = make_task(cfg, load_tokenizer(cfg.model))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def verify(self, completions: list[str], examples) -> list:
+        from ponder.verifiers.batch import verify_batch
+        return verify_batch(self.task, completions, examples)
+
+
+class VerifierPool:
+    """M verifier actors behind `verify_batch`'s signature: each gets a contiguous share."""
+
+    def __init__(self, cfg):
+        self.ray = ray = import_ray()
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False)
+        actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(VerifierWorker)  # they mostly wait
+        self.workers = [actor.remote(cfg) for _ in range(cfg.verifier_workers)]
+
+    def __call__(self, task, completions: list[str], examples) -> list:
+        if len(completions) != len(examples):
+            raise ValueError(f"{len(completions)} completions for {len(examples)} examples")
+        W, calls = len(self.workers), []
+        for r, worker in enumerate(self.workers):
+            lo, hi = share(len(examples), W, r)
+            if lo < hi:
+                calls.append(worker.verify.remote(completions[lo:hi], examples[lo:hi]))
+        return [v for part in self.ray.get(calls) for v in part]
+
+    def pids(self) -> list[int]:
+        return self.ray.get([w.pid.remote() for w in self.workers])
+
+    def close(self) -> None:
+        for w in self.workers:
+            self.ray.kill(w)
+
+
+@contextlib.contextmanager
+def verifier_workers(cfg):
+    """The run's verifier pool, or None when `cfg.verifier_workers` is 0 (threads in this process)."""
+    if not cfg.verifier_workers:
+        yield None
+        return
+    pool = VerifierPool(cfg)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 @contextlib.contextmanager
