@@ -198,3 +198,19 @@ def test_sft_resume_falls_back_past_a_truncated_checkpoint(tmp_path, capsys):
     assert "step-000008/model.safetensors" in out and "falling back to step-000006" in out, out
     assert "resuming from step-000006" in out
     assert _same_weights(tmp_path / "first", tmp_path / "run" / "model")
+
+
+def test_a_checkpoint_that_cannot_be_written_says_so_and_keeps_the_older_ones(tmp_path, small, monkeypatch):
+    """A full disk mid-write (torch's zip writer raises a RuntimeError): one message naming the
+    step, the folder and the free space; no half-written folder left; the older checkpoint intact."""
+    model, tok = small
+    ckpt.save(tmp_path, 2, model, tok, {"optimizer": {"which": 2}})
+
+    def full(*a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 516888640 vs 516888532")
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"checkpoint step 4 could not be written under .*MB free "
+                                                        r"there\. The newest complete checkpoint \(step-000002\)"):
+        ckpt.save(tmp_path, 4, model, tok, {"optimizer": {"which": 4}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002"]
+    assert ckpt.latest(tmp_path).name == "step-000002" and ckpt.damage(ckpt.latest(tmp_path)) is None

@@ -66,16 +66,29 @@ def _seal(folder: Path, step: int) -> None:
     _fsync_dir(folder)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (most often a full disk); the older ones are kept."""
+
+
 def save(ckpt_root: str | Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2) -> Path:
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
-    _seal(tmp, step)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
+        _seal(tmp, step)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError of its zip writer
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free / 2**20
+        last = latest(root)
+        raise CheckpointWriteError(
+            f"checkpoint step {step} could not be written under {root} ({type(e).__name__}: {str(e)[:120]}); "
+            f"{free:.0f} MB free there. The newest complete checkpoint "
+            f"({last.name if last else 'none'}) is intact: free some space and resume.") from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
