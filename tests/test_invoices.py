@@ -385,3 +385,18 @@ def test_solutions_add_completions_and_keep_the_documents(tmp_path):
     assert all("completion" not in e.info for e in ex)  # not a per-line metric label
     with pytest.raises(ConfigError, match="solutions 'python' is not valid; choose one of: none, calculator"):
         inv.write_invoices(tmp_path / "c", 1, 1, solutions="python")
+
+
+@pytest.mark.parametrize("name", ["invoices.toml", "invoices_calculator.toml"])
+def test_the_invoice_recipes_resolve_and_the_calculator_one_runs_the_tool_where_it_trains(name, tmp_path):
+    """Both shipped recipes parse into their stages; the calculator recipe writes worked
+    solutions and gives the SFT and GRPO stages the calculator (so their evaluations run it)."""
+    from ponder.stages.pipeline import load_recipe, resolve, stage_tools
+    pc, raw = load_recipe(REPO / "recipes" / name)
+    stages = {s.name: s for s in resolve(pc, raw, tmp_path)}
+    assert list(stages) == ["data", "rl_data", "zero_shot", "sft", "rl", "sft_rl"]
+    calc = name == "invoices_calculator.toml"
+    assert stages["data"].config.solutions == ("calculator" if calc else "none")
+    for s in ("sft", "sft_rl"):
+        assert stage_tools(stages[s])["tools"] == ("calculator" if calc else "")
+    assert stages["sft"].config.gold == 1000
