@@ -232,6 +232,17 @@ class StepRollouts:
     seen: tuple[Group, ...] = ()  # every group sampled this step, refills included
 
 
+def entropy_control(learner, cfg: RLConfig, bonus: float, entropy: float) -> dict[str, float]:
+    """After a step: the controller's metrics (entropy_coef = the weight this step trained with,
+    0 above the aim), then its coefficient's update from the step's entropy."""
+    out = {"entropy_coef": bonus, "entropy_coef_state": learner.entropy_coef,
+           "entropy_below_target": float(entropy < cfg.entropy_target)}
+    learner.entropy_coef = entropy_coef_update(learner.entropy_coef, entropy, cfg.entropy_aim,
+                                               cfg.entropy_coef_step, cfg.entropy_coef_max)
+    learner.entropy_seen = entropy
+    return out
+
+
 def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
                   history: PassHistory | None = None, toolbox: Toolbox | None = None, verify=None) -> StepRollouts:
     """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups.
@@ -753,13 +764,8 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                         f"{e} at step {step + 1}; stopped. Last good checkpoint: "
                         f"{last if last else 'none (no checkpoint was written yet)'}") from None
                 metrics["train_seconds"] = time.perf_counter() - t1
-                if cfg.entropy_target:  # entropy_coef: the weight this step trained with (0 above the aim)
-                    metrics.update(entropy_coef=bonus, entropy_coef_state=learner.entropy_coef,
-                                   entropy_below_target=float(metrics["entropy"] < cfg.entropy_target))
-                    learner.entropy_coef = entropy_coef_update(learner.entropy_coef, metrics["entropy"],
-                                                               cfg.entropy_aim, cfg.entropy_coef_step,
-                                                               cfg.entropy_coef_max)
-                    learner.entropy_seen = metrics["entropy"]
+                if cfg.entropy_target:
+                    metrics.update(entropy_control(learner, cfg, bonus, metrics["entropy"]))
             metrics.update(step_time=time.perf_counter() - t0, lr=lr, peak_rss_gb=peak_rss_gb())
             metrics.update(step_breakdown(phases.seconds, metrics["gen_seconds"], metrics["step_time"]))
             done = step + 1
