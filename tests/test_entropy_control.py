@@ -91,6 +91,18 @@ def test_entropy_control_holds_entropy_up(small_model, tmp_path):
     assert "entropy_coef" not in rf[-1]
 
 
+def test_the_run_steers_to_the_aim_above_a_floor_it_never_reaches(small_model, tmp_path):
+    """A target far below the run's entropy with a margin that puts the aim far above it: the
+    bonus is applied and its coefficient climbs (the aim decides), while no step is logged
+    below the target (the floor decides what is reported)."""
+    out = tmp_path / "floor"
+    train(_cfg(small_model, out, steps=3, lr=1e-2, entropy_target=1e-3, entropy_margin=1e4,
+               entropy_coef_step=0.05, entropy_coef_max=0.5))
+    rows = _rows(out)
+    assert [r["entropy_coef"] for r in rows] == pytest.approx([0.0, 0.05, 0.1])
+    assert all(r["entropy_below_target"] == 0.0 and r["entropy"] > 1e-3 for r in rows)
+
+
 def test_entropy_control_resumes_exactly(small_model, tmp_path):
     """The coefficient and the last entropy are in the checkpoint: a resumed run trains alike."""
     full, part = tmp_path / "full", tmp_path / "part"

@@ -88,7 +88,8 @@ def save(ckpt_root: str | Path, step: int, model, tokenizer, trainer_state: dict
         raise CheckpointWriteError(
             f"checkpoint step {step} could not be written under {root} ({type(e).__name__}: {str(e)[:120]}); "
             f"{free:.0f} MB free there. The newest complete checkpoint "
-            f"({last.name if last else 'none'}) is intact: free some space and resume.") from None
+            f"({last.name if last else 'none'}) is intact: fix the cause (a full disk: free some space) "
+            f"and resume.") from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -50,6 +50,7 @@ from ponder.models.value_head import ValueHead
 from ponder.rl.ppo import clipped_value_loss, entropy_bonus_weight, entropy_coef_update, gae, token_rewards, whiten
 from ponder.rl.rollout import Group, rollout, verdict_score
 from ponder.rl.tool_rollout import masked_completion, tool_metrics
+from ponder.verifiers.batch import verify_batch
 from ponder.verifiers.tools import ToolFields, Toolbox
 from ponder.rl.sampling import PassHistory, choose, record
 
@@ -244,11 +245,11 @@ def entropy_control(learner, cfg: RLConfig, bonus: float, entropy: float) -> dic
 
 
 def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
-                  history: PassHistory | None = None, toolbox: Toolbox | None = None, verify=None) -> StepRollouts:
+                  history: PassHistory | None = None, toolbox: Toolbox | None = None,
+                  verify=verify_batch) -> StepRollouts:
     """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups.
     With `toolbox` the rollouts call tools, and the metrics count the calls (`tool_metrics`);
-    `verify` replaces the in-process `verify_batch` (verifier workers)."""
-    by = {"verify": verify} if verify is not None else {}
+    `verify` checks the completions (`verify_batch`'s signature: a pool of verifier workers is one)."""
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     kept: list[tuple[Group, torch.Tensor]] = []
     seen: list[Group] = []
@@ -256,7 +257,7 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
     for round_ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
         out = sharded_rollout(engine, task, step_examples(task, cfg, step, round_, history), cfg.group_size, params,
                       seed=cfg.seed * 7_919 + step * 13 + round_, reward=reward_fn(cfg), policy_version=step,
-                      toolbox=toolbox, **by)
+                      toolbox=toolbox, verify=verify)
         gen_s, gen_tokens = gen_s + out.seconds, gen_tokens + out.generated_tokens
         for group in out.groups:
             r = group_rewards(group, cfg.length_weight)

@@ -236,9 +236,11 @@ class VerifierPool:
 
 @contextlib.contextmanager
 def verifier_workers(cfg):
-    """The run's verifier pool, or None when `cfg.verifier_workers` is 0 (threads in this process)."""
+    """What verifies the run's completions: its verifier pool, or `verify_batch` (threads in
+    this process) when `cfg.verifier_workers` is 0 -- the same signature either way."""
     if not cfg.verifier_workers:
-        yield None
+        from ponder.verifiers.batch import verify_batch
+        yield verify_batch
         return
     pool = VerifierPool(cfg)
     try:
