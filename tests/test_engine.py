@@ -165,6 +165,25 @@ def test_columns_stay_bounded_under_continuous_arrivals(tiny, trim):
         assert [got[k]] == [ids for _, ids in _alone(e, PROMPTS[k % 3], sp, [k], 12)], k
 
 
+def test_a_reallocation_adds_no_rows_past_the_batchs_max_rows(tiny):
+    """A join that must widen the cache (a prompt longer than the columns in use) keeps the rows at
+    the batch's `max_rows` when the rows fit in it -- not twice the rows in use (a tool rollout
+    rejoins every row this way) -- and the tokens are still each request's own."""
+    model, tok = tiny
+    e = Engine(model, tok)
+    sp = SamplingParams(max_new_tokens=10)
+    batch = e.batch(max_rows=6, trim=True)
+    first = batch.add(e.encode(PROMPTS[1]), sp, [1, 2])
+    got = _run(batch, until=2)
+    longer = PROMPTS[2] * 3  # longer than the columns written so far
+    second = batch.add(e.encode(longer), sp, [3, 4, 5])
+    got.update(_run(batch, until=1))
+    assert batch.backend.buf.valid.size(0) == 6  # 5 rows run; a doubling would make 10
+    got.update(_run(batch))
+    assert got[first] == _alone(e, PROMPTS[1], sp, [1, 2], 10)
+    assert got[second] == _alone(e, longer, sp, [3, 4, 5], 10)
+
+
 def _run_ids(batch):
     out = {}
     while batch.running:

@@ -48,3 +48,20 @@ def test_packed_loss_equals_padded_loss():
         a = packed_loss(model, *packed)
         b = lm_loss(model, *encode_batch(tok, docs))
     assert abs(a.item() - b.item()) < 1e-5
+
+
+def test_pretrain_flags_reach_the_corpus(tmp_path, monkeypatch):
+    """`ponder pretrain --p-calc 0.2 --max-digits 7` builds its corpus with those settings (the tool
+    base's); the defaults build the shipped base's corpus (p_calc 0: no calculator call in it)."""
+    from ponder.stages import pretrain as P
+
+    mixes = []
+    real = P.documents
+    monkeypatch.setattr(P, "documents", lambda mix, seed: mixes.append(mix) or real(mix, seed))
+    tiny = ["--steps", "1", "--batch-size", "4", "--hidden-size", "16", "--layers", "1", "--heads", "2",
+            "--warmup", "1"]
+    assert P.main([*tiny, "--p-calc", "0.2", "--max-digits", "7", "--out", str(tmp_path / "tools")]) == 0
+    assert P.main([*tiny, "--out", str(tmp_path / "plain")]) == 0
+    assert (mixes[0].p_calc, mixes[0].max_digits) == (0.2, 7)
+    assert (mixes[1].p_calc, mixes[1].max_digits) == (0.0, 5)
+    assert (tmp_path / "tools" / "model.safetensors").is_file()

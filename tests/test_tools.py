@@ -293,8 +293,8 @@ def test_a_slow_call_does_not_hold_up_the_other_rows():
     steps = []
     original = e.batch
 
-    def batch():
-        b = original()
+    def batch(**kw):
+        b = original(**kw)
         step = b.step
         b.step = lambda: steps.append(time.perf_counter()) or step()
         return b
@@ -484,10 +484,12 @@ def test_tools_off_is_the_plain_path_and_on_changes_nothing_without_calls(tiny):
     assert [s.ids for g in rolled_on.groups for s in g.samples] == [s.ids for g in rolled_off.groups for s in g.samples]
 
 
-def test_an_rl_step_with_tools_masks_the_tool_tokens_and_logs_the_calls(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cost", [0.0, 0.25])
+def test_an_rl_step_with_tools_masks_the_tool_tokens_and_logs_the_calls(tmp_path, monkeypatch, cost):
     """`ponder train --tools calculator` for one step: the rollouts (a scripted sampler) call the
     calculator, the update's completion mask is 0 on exactly the tokens the tool wrote, and
-    metrics.jsonl counts the calls."""
+    metrics.jsonl counts the calls. With `tool_call_cost` each correct completion's one call
+    costs that much of its reward."""
     import json
 
     from ponder.models.model import load_tokenizer
@@ -495,7 +497,8 @@ def test_an_rl_step_with_tools_masks_the_tool_tokens_and_logs_the_calls(tmp_path
     from ponder.tasks.spec import make_task
 
     cfg = T.RLConfig(out=str(tmp_path / "run"), steps=1, prompts_per_step=2, group_size=2, max_new_tokens=60,
-                     tools="calculator", progress=False, tensorboard=False, track_kl=False, threads=1)
+                     tools="calculator", progress=False, tensorboard=False, track_kl=False, threads=1,
+                     tool_call_cost=cost)
     tok = load_tokenizer(cfg.model)
     examples = T.step_examples(make_task(cfg, tok), cfg, 0, 0)
     scripts = arithmetic_scripts(examples)
@@ -506,6 +509,7 @@ def test_an_rl_step_with_tools_masks_the_tool_tokens_and_logs_the_calls(tmp_path
     T.train(cfg)
     ((rolled, batch),) = seen
     assert all(isinstance(g, ToolGroup) for g in rolled.groups)  # the rollouts ran with the tools
+    assert [r.tolist() for r in rolled.rewards] == [[1.0 - cost] * 2] * 2  # correct, one call each
     rows = [(s, m) for g in rolled.groups for s, m in zip(g.samples, g.loss_masks)]
     assert len(rows) == 4
     for b, (s, mask) in enumerate(rows):
@@ -554,3 +558,24 @@ def test_tool_rollouts_do_not_depend_on_the_chunk_size():
     ids = [[s.ids for g in r.groups for s in g.samples] for r in runs]
     assert ids[0] == ids[1] == ids[2] and len(set(map(tuple, ids[0]))) > 4  # sampled rows, not all alike
     assert runs[0].generated_tokens == runs[1].generated_tokens
+
+
+def test_tool_call_cost_falls_on_correct_completions_only_and_needs_tools():
+    """A correct answer by hand keeps its whole reward, one from two calls loses twice the cost, and a
+    wrong one loses nothing; a plain group (no tools) is untouched; the option without tools is refused."""
+    from ponder.engine.engine import Sample
+    from ponder.rl.train import RLConfig, group_rewards
+    from ponder.rl.rollout import Group
+    from ponder.verifiers.tools import ToolResult
+
+    call = ToolResult("calc", "1+1", "2", False, 0.0)
+    samples = tuple(Sample(0, j, (1,), (2,), "x", "eos", 0, 1) for j in range(3))
+    verdicts = (correct(), correct(), wrong("3"))
+    group = ToolGroup(Example("t0", "1+1=", "2"), samples, verdicts, (1.0, 1.0, 0.0),
+                      loss_masks=((1,),) * 3, calls=((), (call, call), (call,)))
+    assert group_rewards(group, 0.0, 0.1).tolist() == pytest.approx([1.0, 0.8, 0.0])
+    assert group_rewards(group, 0.0).tolist() == [1.0, 1.0, 0.0]
+    plain = Group(Example("t0", "1+1=", "2"), samples, verdicts, (1.0, 1.0, 0.0))
+    assert group_rewards(plain, 0.0, 0.1).tolist() == [1.0, 1.0, 0.0]
+    with pytest.raises(ConfigError, match="tool_call_cost = 0.1 needs tools"):
+        RLConfig(tool_call_cost=0.1)

@@ -471,7 +471,8 @@ class Batch:
         live = [k for k, r in enumerate(self.rows) if r.finish is None]
         trim = min(self.rows[k].first_col for k in live)
         room = max([self.rows[k].limit - len(self.rows[k].ids) for k in live] + [r.limit for r in new])
-        logits, kept, col, shift = self.backend.join(ids, mask, pos, expand, live, trim, self.col, room)
+        logits, kept, col, shift = self.backend.join(ids, mask, pos, expand, live, trim, self.col, room,
+                                                    self.max_rows)
         self.rows = [self.rows[k] for k in kept]
         for r in self.rows:
             r.first_col += shift
@@ -550,8 +551,10 @@ class _FastBackend:
     def step(self, tokens, pos, start):
         return self.dec.forward(tokens[:, None], pos[:, None], self.cache, start=start)
 
-    def join(self, ids, mask, pos, expand, live: list[int], trim: int, col: int, room: int):
-        """Add prompts at the shared column `col`; returns (their logits, rows kept, new col, column shift)."""
+    def join(self, ids, mask, pos, expand, live: list[int], trim: int, col: int, room: int,
+             max_rows: int | None = None):
+        """Add prompts at the shared column `col`; returns (their logits, rows kept, new col, column shift).
+        `max_rows` (the batch's, when known) caps the spare rows a reallocation adds."""
         Lp, need = ids.size(1), len(expand)
         rows_cap, cols_cap = self.buf.valid.shape
         if Lp <= col and self.n + need <= rows_cap and col + room <= cols_cap:
@@ -566,8 +569,13 @@ class _FastBackend:
         new_col = max(used, Lp)
         width = new_col + room
         old = self.buf
-        # Spare room, so that the next joins happen in place: twice the rows and the columns needed.
-        self.buf = self.dec.new_cache(max(rows_cap, 2 * (len(live) + need)), width + max(64, width))
+        # Spare room, so that the next joins happen in place: twice the rows and the columns needed,
+        # but no more rows than the batch will ever hold when it says (a cache row of SmolLM2-135M
+        # costs 46 KB a column: doubling 64 rows of 700 columns adds 2 GB that may never be used).
+        rows = 2 * (len(live) + need)
+        if max_rows and len(live) + need <= max_rows:
+            rows = min(rows, max_rows)
+        self.buf = self.dec.new_cache(max(rows_cap, rows), width + max(64, width))
         for dst, src in ((self.buf.k, old.k), (self.buf.v, old.v)):
             for d, s in zip(dst, src):
                 d[:len(live), :, new_col - used:new_col] = s[keep, :, trim:col]
@@ -604,8 +612,10 @@ class _HFBackend:
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
 
-    def join(self, ids, mask, pos, expand, live: list[int], trim: int, col: int, room: int):
-        """As `_FastBackend.join`; HF caches grow by concatenation, so the rows are always copied."""
+    def join(self, ids, mask, pos, expand, live: list[int], trim: int, col: int, room: int,
+             max_rows: int | None = None):
+        """As `_FastBackend.join`; HF caches grow by concatenation, so the rows are always copied
+        (and `max_rows` has nothing to cap)."""
         from transformers import DynamicCache
         new = _HFBackend(self.model)
         logits = new.prefill(ids, mask, pos, 0, expand)

@@ -22,6 +22,9 @@ from ponder.models.tokenizer import build_char_tokenizer
 
 ASSETS = Path(__file__).parent.parent / "assets"
 BUILTIN_BASE = ASSETS / "tiny-base"  # shipped, built by `ponder pretrain` with its defaults
+# shipped, built by `ponder pretrain --p-calc 0.2 --max-digits 7`: the same model, a corpus where a
+# fifth of the solutions call the calculator (issue 18's base for learning when to call it)
+TOOLS_BASE = ASSETS / "tiny-tools"
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,16 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """`tiny` (or `builtin`) names the shipped base; anything else goes through
-    `ponder.models.hf.resolve_pretrained` (HF folder, .gguf file, cached hub id, alias)."""
+    """`tiny` (or `builtin`) names the shipped base, `tiny-tools` the shipped tool base; anything
+    else goes through `ponder.models.hf.resolve_pretrained` (HF folder, .gguf file, cached hub id, alias)."""
     if str(name_or_path) in ("tiny", "builtin", "tiny-base"):
         return BUILTIN_BASE
+    if str(name_or_path) == "tiny-tools":
+        if not (TOOLS_BASE / "model.safetensors").is_file():
+            raise ConfigError(f"the tool base 'tiny-tools' is not in this install ({TOOLS_BASE} has no weights); "
+                              f"build it with: ponder pretrain --p-calc 0.2 --max-digits 7 --threads 1 "
+                              f"--out {TOOLS_BASE}")
+        return TOOLS_BASE
     from ponder.models.hf import resolve_pretrained
     return resolve_pretrained(name_or_path)
 

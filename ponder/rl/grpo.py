@@ -89,6 +89,18 @@ def _masked_rloo(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid & (n >= 2), r - others, 0.0)
 
 
+def tool_call_costs(calls: torch.Tensor, correct: torch.Tensor, cost: float) -> torch.Tensor:
+    """(P, G) tool calls per completion and (P, G) correctness -> (P, G) reward terms: -cost per
+    call on a correct completion, 0 on a wrong one. A right answer worked out by hand is then worth
+    more than the same answer from a tool, so RL keeps the calls where hand work fails (ToRL's and
+    ReTool's point: the model learns when a call pays); a wrong answer gains nothing from skipping one.
+
+    >>> tool_call_costs(torch.tensor([[0, 1, 2, 1]]), torch.tensor([[True, True, True, False]]), 0.1)
+    tensor([[ 0.0000, -0.1000, -0.2000,  0.0000]])
+    """
+    return torch.where(correct & (calls > 0), -cost * calls.float(), torch.zeros_like(calls, dtype=torch.float))
+
+
 def length_rewards(lengths: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """(P, G) completion lengths and (P, G) bool correctness -> (P, G) length rewards.
 

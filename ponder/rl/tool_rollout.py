@@ -85,7 +85,10 @@ def generate_with_tools(engine: Engine, prompt_ids: list[list[int]], n: int, par
         raise ConfigError("thinking budgets are not supported with tools yet (the budget would count per "
                           "segment); drop thinking_budget/min_thinking or the tools")
     tool_params = replace(params, stop=tuple(params.stop) + tuple(s for s in toolbox.stops if s not in params.stop))
-    batch = engine.batch()
+    # A row rejoins with its whole context after each call: `trim` drops the leading columns no
+    # running row uses (else the shared column timeline grows with every step and every rejoin
+    # widens the cache), and `max_rows` = every row of the request caps the rows a reallocation adds.
+    batch = engine.batch(max_rows=len(prompt_ids) * n, trim=True)
     owner: dict[int, tuple[int, int | None]] = {}  # request id -> (prompt i, sample j; None: all of the first segment)
     rows = {(i, j): _Progress(i, j, seeds[i][j], limits[i]) for i in range(len(prompt_ids)) for j in range(n)}
     for i, p in enumerate(prompt_ids):

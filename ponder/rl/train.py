@@ -39,7 +39,7 @@ from ponder.core.config import RunFields, ConfigError, check_choices, option
 from ponder.models.decoder import supports
 from ponder.engine.engine import Engine, Sample, SamplingParams, rollout_copy
 from ponder.rl.grpo import (ADVANTAGES, AGGREGATIONS, clipped_policy_loss, grpo_advantages, informative_groups,
-                         kl_k3, length_rewards)
+                         kl_k3, length_rewards, tool_call_costs)
 from ponder.core.metrics import peak_rss_gb, rollout_metrics
 from ponder.core.timing import Phases
 from ponder.models.model import load_model, load_tokenizer, save_model
@@ -49,7 +49,7 @@ from ponder.tasks.base import Example, Task
 from ponder.models.value_head import ValueHead
 from ponder.rl.ppo import clipped_value_loss, entropy_bonus_weight, entropy_coef_update, gae, token_rewards, whiten
 from ponder.rl.rollout import Group, rollout, verdict_score
-from ponder.rl.tool_rollout import masked_completion, tool_metrics
+from ponder.rl.tool_rollout import ToolGroup, masked_completion, tool_metrics
 from ponder.verifiers.batch import verify_batch
 from ponder.verifiers.tools import ToolFields, Toolbox
 from ponder.rl.sampling import PassHistory, choose, record
@@ -118,6 +118,8 @@ class RLConfig(ToolFields, RunFields, TaskFields):
     length_weight: float = option(0.0, "weight of Kimi k1.5's group-relative length reward (long2short RL): "
                                   "+0.5 for a group's shortest correct completion down to -0.5 for its "
                                   "longest; wrong ones never gain. 0 = off")
+    tool_call_cost: float = option(0.0, "reward taken off a correct completion per tool call, so that a call pays "
+                                   "only where working by hand fails (RL learns when to call); 0 = calls are free")
     save_every: int = option(50, "checkpoint every N steps (and at the end)")
     tensorboard: bool = option(True, "also write TensorBoard event files")
     progress: bool = option(True, "show a progress bar")
@@ -189,9 +191,12 @@ class RLConfig(ToolFields, RunFields, TaskFields):
             raise ConfigError(f"entropy_target, entropy_coef_step, entropy_coef_max and entropy_margin must be "
                               f">= 0; got {self.entropy_target}, {self.entropy_coef_step}, {self.entropy_coef_max}, "
                               f"{self.entropy_margin}")
-        if self.lr <= 0 or self.kl_coef < 0 or self.format_weight < 0 or self.length_weight < 0:
-            raise ConfigError(f"lr must be > 0, kl_coef, format_weight and length_weight >= 0; got {self.lr}, "
-                              f"{self.kl_coef}, {self.format_weight}, {self.length_weight}")
+        if self.tool_call_cost and not self.tools:
+            raise ConfigError(f"tool_call_cost = {self.tool_call_cost} needs tools (e.g. tools = 'calculator'); "
+                              f"without tools no completion calls one")
+        if self.lr <= 0 or self.kl_coef < 0 or self.format_weight < 0 or self.length_weight < 0 or self.tool_call_cost < 0:
+            raise ConfigError(f"lr must be > 0, kl_coef, format_weight, length_weight and tool_call_cost >= 0; got "
+                              f"{self.lr}, {self.kl_coef}, {self.format_weight}, {self.length_weight}, {self.tool_call_cost}")
         if (self.prompts_per_step * self.group_size) % self.minibatches:
             raise ConfigError(f"minibatches={self.minibatches} must divide the batch of "
                               f"{self.prompts_per_step * self.group_size} rows")
@@ -216,12 +221,16 @@ def reward_fn(cfg: RLConfig):
     return lambda s, v: v.score + cfg.format_weight * format_score(s.text)
 
 
-def group_rewards(group: Group, length_weight: float) -> torch.Tensor:
-    """(G,) rewards of one group: NaN where invalid, plus the length reward on valid rows."""
+def group_rewards(group: Group, length_weight: float, tool_call_cost: float = 0.0) -> torch.Tensor:
+    """(G,) rewards of one group: NaN where invalid, plus the length reward on valid rows and the
+    cost of the tool calls of correct rows (a group without tool calls pays none)."""
     r = torch.tensor([group.rewards])  # (1, G)
     if length_weight:
         r = r + length_weight * length_rewards(torch.tensor([[len(s.ids) for s in group.samples]]),
                                                torch.tensor([group.correct]), torch.tensor([group.valid]))
+    if tool_call_cost and isinstance(group, ToolGroup):
+        r = r + tool_call_costs(torch.tensor([[len(c) for c in group.calls]]), torch.tensor([group.correct]),
+                                tool_call_cost)
     return r[0]
 
 
@@ -260,7 +269,7 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
                       toolbox=toolbox, verify=verify)
         gen_s, gen_tokens = gen_s + out.seconds, gen_tokens + out.generated_tokens
         for group in out.groups:
-            r = group_rewards(group, cfg.length_weight)
+            r = group_rewards(group, cfg.length_weight, cfg.tool_call_cost)
             informative = bool(informative_groups(r[None])[0])
             if round_ == 0:
                 zero_var.append(not informative)

@@ -39,6 +39,8 @@ class PretrainConfig(RunFields):
     p_partial: float = option(0.25, "corpus share showing the first k column steps")
     p_check: float = option(0.5, "share of full solutions ending with a self-check")
     max_digits: int = option(5, "most digits in a corpus problem")
+    p_calc: float = option(0.0, "share of solutions that call the calculator for the whole problem "
+                           "(<calc>…</calc><output>…</output>, the tool base's corpus); 0 = the shipped base's corpus")
     save_every: int = option(500, "also save the model every N steps (so a crash loses little)")
     row_tokens: int = option(256, "documents are packed into rows of at most this many tokens")
 
@@ -122,7 +124,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     mcfg = TinyModelConfig(hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads)
     model, tok = new_tiny(mcfg, seed=cfg.seed)
     model = model.to(resolve_device(cfg.device)).train()
-    mix = CorpusMix(p_direct=cfg.p_direct, p_partial=cfg.p_partial, p_check=cfg.p_check, max_digits=cfg.max_digits)
+    mix = CorpusMix(p_direct=cfg.p_direct, p_partial=cfg.p_partial, p_check=cfg.p_check, max_digits=cfg.max_digits,
+                    p_calc=cfg.p_calc)
     stream = documents(mix, cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
