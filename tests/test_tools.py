@@ -579,3 +579,30 @@ def test_tool_call_cost_falls_on_correct_completions_only_and_needs_tools():
     assert group_rewards(plain, 0.0, 0.1).tolist() == [1.0, 1.0, 0.0]
     with pytest.raises(ConfigError, match="tool_call_cost = 0.1 needs tools"):
         RLConfig(tool_call_cost=0.1)
+
+
+def test_the_shipped_tool_base_sometimes_calls_and_the_recipe_trains_it():
+    """`tiny-tools` is the quickstart's model pretrained with a fifth of the corpus calling the
+    calculator: sampled, it calls on some completions and works by hand on others, and each call
+    it makes is well formed. recipes/tools_arith.toml trains it with the calculator and a call cost."""
+    import argparse
+
+    from ponder.core import config as C
+    from ponder.engine.engine import Engine
+    from ponder.models.model import load_model
+    from ponder.rl.train import RLConfig
+    from ponder.tasks import build_task
+
+    model, tok = load_model("tiny-tools")
+    task = build_task("arithmetic", "min_digits=1 max_digits=4 ops=add,mul")
+    out = rollout_with_tools(Engine(model, tok), task, task.examples("test", 16, seed=0), 4,
+                             SamplingParams(max_new_tokens=64, temperature=1.0), seed=0, toolbox=calc_box(2))
+    calls = [c for g in out.groups for cs in g.calls for c in cs]
+    share = sum(bool(cs) for g in out.groups for cs in g.calls) / 64
+    assert 0.05 <= share <= 0.5, share  # about p_calc = 0.2
+    assert calls and not any(c.error for c in calls)
+    ap = argparse.ArgumentParser()
+    C.add_arguments(ap, RLConfig)
+    recipe = Path(__file__).parent.parent / "recipes" / "tools_arith.toml"
+    cfg = C.from_args(RLConfig, ap.parse_args([]), str(recipe), section="train")
+    assert (cfg.model, cfg.tools, cfg.tool_call_cost) == ("tiny-tools", "calculator", 0.1)
