@@ -31,7 +31,7 @@ def test_bonus_applies_only_below_the_target():
     assert entropy_bonus_weight(0.02, None, TARGET) == 0.0  # before the first step
 
 
-def simulate(bonus, steps=300, sharpen=0.05, noise=0.05, seed=0, aim=TARGET):
+def simulate(bonus, steps=300, sharpen=0.05, noise=0.05, seed=0, aim=TARGET, settle=100):
     """A run's entropy under RL sharpening: the log-sharpness x grows by `sharpen` per step
     (plus noise) and an applied bonus w pulls it back by w; entropy = 0.16 * exp(-x)
     (the quickstart starts at 0.16 nats). The bonus acts on the *parameters*, so its effect
@@ -43,7 +43,7 @@ def simulate(bonus, steps=300, sharpen=0.05, noise=0.05, seed=0, aim=TARGET):
         e = 0.16 * math.exp(-x)
         out.append(e)
         coef, seen = entropy_coef_update(coef, e, aim, step=0.005, max_coef=0.3), e
-    return out[100:]  # after the controller has found its level
+    return out[settle:]  # by default after the controller has found its level
 
 
 def test_simulated_collapse_is_held_at_the_target():
@@ -66,6 +66,20 @@ def test_a_margin_keeps_entropy_above_the_target_as_a_floor():
     floor = [min(simulate(lambda c, e: entropy_bonus_weight(c, e, aim), seed=s, aim=aim)) for s in range(20)]
     assert min(at) < 0.8 * TARGET, min(at)
     assert min(floor) >= TARGET, min(floor)
+
+
+def test_a_proportional_term_meets_the_first_collapse():
+    """The integral alone needs steps to climb, so the first fall dips under the floor even with a
+    margin; a proportional term (`entropy_coef_gain`) answers the fall the same step, and it
+    vanishes once entropy is back, so it adds no overshoot."""
+    aim = 1.4 * TARGET
+    runs = {g: [simulate(lambda c, e, g=g: entropy_bonus_weight(c, e, aim, gain=g, max_coef=0.3), seed=s,
+                         aim=aim, settle=0) for s in range(20)] for g in (0.0, 0.4)}
+    lowest = {g: min(min(r) for r in rs) for g, rs in runs.items()}
+    assert lowest[0.0] < 0.8 * TARGET, lowest  # the first collapse goes under the floor...
+    assert lowest[0.4] >= TARGET, lowest  # ...and is held above it with the proportional term
+    highest = {g: max(max(r[30:]) for r in rs) for g, rs in runs.items()}
+    assert highest[0.4] <= highest[0.0] * 1.05, highest
 
 
 def test_the_gate_is_what_stops_the_overshoot():
@@ -114,3 +128,16 @@ def test_entropy_control_resumes_exactly(small_model, tmp_path):
     assert [r["entropy_coef"] for r in a] == pytest.approx([r["entropy_coef"] for r in b], abs=1e-12)
     assert [r["entropy"] for r in a] == pytest.approx([r["entropy"] for r in b], abs=1e-6)
     assert ckpt.load_state(ckpt.latest(part / "checkpoints"))["entropy_seen"] is not None
+
+
+def test_the_proportional_term_reaches_the_run(small_model, tmp_path):
+    """`entropy_coef_gain` in a real run: the weight a step trains with is the coefficient plus
+    gain * (aim - the previous step's entropy) / aim, capped at entropy_coef_max."""
+    out = tmp_path / "pi"
+    train(_cfg(small_model, out, steps=3, lr=1e-2, entropy_target=8.0, entropy_coef_step=0.05,
+               entropy_coef_max=0.5, entropy_coef_gain=0.2))
+    rows = _rows(out)
+    assert rows[0]["entropy_coef"] == 0.0  # nothing measured before step 1
+    for k in (1, 2):
+        want = min(0.05 * k + 0.2 * (8.0 - rows[k - 1]["entropy"]) / 8.0, 0.5)
+        assert rows[k]["entropy_coef"] == pytest.approx(want, abs=2e-6), k

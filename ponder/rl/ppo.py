@@ -95,16 +95,24 @@ def entropy_coef_update(coef: float, entropy: float, target: float, step: float,
     return min(max(coef, 0.0), max_coef)
 
 
-def entropy_bonus_weight(coef: float, entropy: float | None, target: float) -> float:
+def entropy_bonus_weight(coef: float, entropy: float | None, target: float, gain: float = 0.0,
+                         max_coef: float = float("inf")) -> float:
     """The entropy bonus's weight in the loss: c_k while entropy is below `target`, else 0
     (Skywork-OR1's alpha_k = c_k * 1[e_k < target]). Without the gate a coefficient that is
     still coming down keeps pushing entropy up after it passed the target (wind-up: 2.3 nats on
     the quickstart). Departure from the paper: `entropy` is the previous step's (ponder measures
     it in the update's own forward pass, after the loss is built); None (no step yet) -> 0.
 
+    `gain` adds a proportional term, gain * (target - e_k) / target, capped with c_k at
+    `max_coef`: c_k integrates (it needs steps to climb), the proportional term answers a fall
+    the same step and vanishes as soon as entropy is back, so a fast first collapse is met
+    without the integral winding up (a PI controller; gain 0 is the paper's rule).
+
     >>> entropy_bonus_weight(0.02, 0.01, 0.05), entropy_bonus_weight(0.02, 0.06, 0.05), entropy_bonus_weight(0.02, None, 0.05)
     (0.02, 0.0, 0.0)
+    >>> round(entropy_bonus_weight(0.02, 0.04, 0.05, gain=0.5), 6), entropy_bonus_weight(0.02, 0.0, 0.05, 1.0, 0.5)
+    (0.12, 0.5)
     """
     if entropy is None or entropy >= target:
         return 0.0
-    return coef
+    return min(coef + gain * (target - entropy) / target, max_coef)

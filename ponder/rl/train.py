@@ -96,6 +96,9 @@ class RLConfig(ToolFields, RunFields, TaskFields):
                                    "by entropy_coef_step per step below it and falls by as much above; 0 = off")
     entropy_coef_step: float = option(0.005, "change of the entropy bonus coefficient per step")
     entropy_coef_max: float = option(0.05, "largest entropy bonus coefficient")
+    entropy_coef_gain: float = option(0.0, "entropy control's proportional term: below the aim the bonus is the "
+                                      "coefficient plus gain * (aim - entropy) / aim (capped at entropy_coef_max), "
+                                      "so a fast fall is answered the same step; 0 = the integral rule alone")
     entropy_margin: float = option(0.0, "entropy_target as a floor: the controller aims this share above it "
                                    "(target * (1 + margin)), so that its swings around the aim stay above the "
                                    "target; 0 = aim at the target itself (Skywork-OR1)")
@@ -187,10 +190,11 @@ class RLConfig(ToolFields, RunFields, TaskFields):
             raise ConfigError(f"need gae_gamma, gae_lambda in [0, 1], value_clip > 0, value_coef >= 0, "
                               f"value_hidden >= 1, value_lr_scale > 0; got {self.gae_gamma}, {self.gae_lambda}, {self.value_clip}, "
                               f"{self.value_coef}, {self.value_hidden}")
-        if min(self.entropy_target, self.entropy_coef_step, self.entropy_coef_max, self.entropy_margin) < 0:
-            raise ConfigError(f"entropy_target, entropy_coef_step, entropy_coef_max and entropy_margin must be "
-                              f">= 0; got {self.entropy_target}, {self.entropy_coef_step}, {self.entropy_coef_max}, "
-                              f"{self.entropy_margin}")
+        if min(self.entropy_target, self.entropy_coef_step, self.entropy_coef_max, self.entropy_margin,
+               self.entropy_coef_gain) < 0:
+            raise ConfigError(f"entropy_target, entropy_coef_step, entropy_coef_max, entropy_margin and "
+                              f"entropy_coef_gain must be >= 0; got {self.entropy_target}, {self.entropy_coef_step}, "
+                              f"{self.entropy_coef_max}, {self.entropy_margin}, {self.entropy_coef_gain}")
         if self.tool_call_cost and not self.tools:
             raise ConfigError(f"tool_call_cost = {self.tool_call_cost} needs tools (e.g. tools = 'calculator'); "
                               f"without tools no completion calls one")
@@ -763,7 +767,8 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                         batch, off_policy = importance_weighted(model, batch, rolled.groups, cfg)
                     metrics.update(off_policy)
                 t1 = time.perf_counter()
-                bonus = entropy_bonus_weight(learner.entropy_coef, learner.entropy_seen, cfg.entropy_aim) \
+                bonus = entropy_bonus_weight(learner.entropy_coef, learner.entropy_seen, cfg.entropy_aim,
+                                             cfg.entropy_coef_gain, cfg.entropy_coef_max) \
                     if cfg.entropy_target else 0.0
                 try:
                     metrics.update(update_policy(model, ref_model, opt, batch, cfg, aggregate, learner.value_head,
