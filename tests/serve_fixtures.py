@@ -16,12 +16,12 @@ KEY = "test-key-123"
 _MODEL = {}
 
 
-def base_model():
-    """The built-in tiny base (it thinks on some samples, answers on all), loaded once."""
-    if not _MODEL:
+def base_model(name: str = "tiny"):
+    """A model loaded once; by default the built-in tiny base (it thinks on some samples, answers on all)."""
+    if name not in _MODEL:
         from ponder.models.model import load_model
-        _MODEL["m"] = load_model("tiny")
-    return _MODEL["m"]
+        _MODEL[name] = load_model(name)
+    return _MODEL[name]
 
 
 class RunningServer:
@@ -29,7 +29,7 @@ class RunningServer:
 
     def __init__(self, cfg: ServeConfig | None = None):
         self.cfg = cfg or ServeConfig(api_key=KEY)
-        model, tok = base_model()
+        model, tok = base_model(self.cfg.model)
         self.service = Service(Engine(model, tok), self.cfg)
         self.app = create_app(self.service, self.cfg.api_key)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

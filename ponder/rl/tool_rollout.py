@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,8 +53,8 @@ class ToolSample:
 
 
 @dataclass
-class _Progress:
-    """One row's completion so far, across its segments."""
+class ToolRow:
+    """One row's completion so far, across its segments (also the serving worker's, `ponder.serve.worker`)."""
     i: int
     j: int
     seed: int
@@ -84,17 +84,17 @@ def generate_with_tools(engine: Engine, prompt_ids: list[list[int]], n: int, par
     if params.controls_thinking:
         raise ConfigError("thinking budgets are not supported with tools yet (the budget would count per "
                           "segment); drop thinking_budget/min_thinking or the tools")
-    tool_params = replace(params, stop=tuple(params.stop) + tuple(s for s in toolbox.stops if s not in params.stop))
+    tool_params = toolbox.with_stops(params)
     # A row rejoins with its whole context after each call: `trim` drops the leading columns no
     # running row uses (else the shared column timeline grows with every step and every rejoin
     # widens the cache), and `max_rows` = every row of the request caps the rows a reallocation adds.
     batch = engine.batch(max_rows=len(prompt_ids) * n, trim=True)
     owner: dict[int, tuple[int, int | None]] = {}  # request id -> (prompt i, sample j; None: all of the first segment)
-    rows = {(i, j): _Progress(i, j, seeds[i][j], limits[i]) for i in range(len(prompt_ids)) for j in range(n)}
+    rows = {(i, j): ToolRow(i, j, seeds[i][j], limits[i]) for i in range(len(prompt_ids)) for j in range(n)}
     for i, p in enumerate(prompt_ids):
         owner[batch.add(p, tool_params, seeds[i][:n], limits[i])] = (i, None)
     done: dict[tuple[int, int], ToolSample] = {}
-    waiting: dict[Future, _Progress] = {}
+    waiting: dict[Future, ToolRow] = {}
     with ThreadPoolExecutor(TOOL_THREADS) as pool:
         while batch.running or waiting:
             if batch.running:
@@ -104,23 +104,23 @@ def generate_with_tools(engine: Engine, prompt_ids: list[list[int]], n: int, par
             for s in batch.take_finished():
                 i, j = owner[s.prompt_index]
                 row = rows[i, j if j is not None else s.sample_index]
-                call = _segment_done(engine, row, s, toolbox)
+                call = segment_done(engine, row, s, toolbox)
                 if call is not None and len(row.ids) < row.limit:
                     waiting[pool.submit(toolbox.call, *call, len(row.calls))] = row
                 else:  # done, or a call with no room left for its output
-                    done[row.i, row.j] = _finish(engine, prompt_ids[row.i], row,
+                    done[row.i, row.j] = finish_row(engine, prompt_ids[row.i], row,
                                                  "length" if call is not None else s.finish)
             for fut in [f for f in waiting if f.done()]:
                 row = waiting.pop(fut)
-                rid = _resume(engine, batch, prompt_ids[row.i], row, fut.result(), tool_params)
+                rid, _ = resume_row(engine, batch, prompt_ids[row.i], row, fut.result(), tool_params)
                 if rid is None:
-                    done[row.i, row.j] = _finish(engine, prompt_ids[row.i], row, "length")
+                    done[row.i, row.j] = finish_row(engine, prompt_ids[row.i], row, "length")
                 else:
                     owner[rid] = (row.i, row.j)
     return [done[i, j] for i in range(len(prompt_ids)) for j in range(n)]
 
 
-def _segment_done(engine: Engine, row: _Progress, s: Sample, toolbox: Toolbox) -> tuple[str, str] | None:
+def segment_done(engine: Engine, row: ToolRow, s: Sample, toolbox: Toolbox) -> tuple[str, str] | None:
     """Add a finished segment to its row; the (tag, argument) of the call it ends with, if any."""
     row.ids += s.ids
     row.mask += [1] * len(s.ids)
@@ -129,9 +129,10 @@ def _segment_done(engine: Engine, row: _Progress, s: Sample, toolbox: Toolbox) -
     return toolbox.find_call(engine.tok.decode(row.ids[-512:], skip_special_tokens=True))
 
 
-def _resume(engine: Engine, batch, prompt: list[int], row: _Progress, result: ToolResult,
-            params: SamplingParams) -> int | None:
-    """Append the call's output and rejoin the batch; None when no token of the limit is left."""
+def resume_row(engine: Engine, batch, prompt: list[int], row: ToolRow, result: ToolResult,
+               params: SamplingParams) -> tuple[int | None, list[int]]:
+    """Append the call's output and rejoin the batch: (the new request id, None when no token of
+    the limit is left; the output's tokens)."""
     row.calls.append(result)
     out = engine.tok(output_text(result), add_special_tokens=False)["input_ids"]
     out = out[: row.limit - len(row.ids)]
@@ -139,11 +140,11 @@ def _resume(engine: Engine, batch, prompt: list[int], row: _Progress, result: To
     row.mask += [0] * len(out)
     room = row.limit - len(row.ids)
     if room < 1:
-        return None
-    return batch.add(prompt + row.ids, params, [segment_seed(row.seed, len(row.calls))], room)
+        return None, out
+    return batch.add(prompt + row.ids, params, [segment_seed(row.seed, len(row.calls))], room), out
 
 
-def _finish(engine: Engine, prompt: list[int], row: _Progress, finish: str) -> ToolSample:
+def finish_row(engine: Engine, prompt: list[int], row: ToolRow, finish: str) -> ToolSample:
     """The row's whole completion as one Sample (text and section counts over all its tokens)."""
     body = row.ids[:-1] if finish == "eos" else row.ids
     text = engine.tok.decode(body, skip_special_tokens=True)

@@ -11,6 +11,8 @@ message_stop. `usage.output_tokens` counts thinking and answer;
 between `<think>` and `</think>`, the count a budget caps).
 `thinking.display: omitted` hides the thinking (counted, not returned). `seed`
 (ponder's extension, sent by clients as an extra body field) makes a reply reproducible.
+`tools: [{"type": "calculator"}]` enables the server's tools (`ponder serve --tools`)
+inside the thinking, which then runs without a budget (so `thinking` must be left out).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ponder.serve.reasoning import shown_reasoning, split_completion, summarize
+from ponder.serve.reasoning import RequestError, shown_reasoning, split_completion, summarize
 from ponder.serve.schemas import MessagesRequest, text_of
 from ponder.serve.service import Plan, Service
 
@@ -30,6 +32,11 @@ router = APIRouter()
 
 def plan_messages(svc: Service, body: MessagesRequest) -> Plan:
     svc.check_model(body.model)
+    tools = svc.tool_tags([t.wanted for t in body.tools or ()])
+    if tools and body.thinking is not None:
+        raise RequestError("thinking", "thinking with tools is not supported yet (a budget would count each "
+                                       "stretch between tool calls); valid: leave thinking out when tools are "
+                                       "enabled (the thinking then runs free)")
     budget = body.thinking.budget_tokens if body.thinking is not None and body.thinking.type == "enabled" else 0
     messages = [(m.role, text_of(m.content)) for m in body.messages]
     if body.system:
@@ -37,7 +44,7 @@ def plan_messages(svc: Service, body: MessagesRequest) -> Plan:
     stops = tuple(s for s in body.stop_sequences or () if s)
     omitted = body.thinking is not None and getattr(body.thinking, "display", None) == "omitted"
     return svc.plan(messages, budget, body.max_tokens, "max_tokens", body.temperature, body.top_p, stops, 1,
-                    body.seed, False if omitted else body.include_reasoning)
+                    body.seed, False if omitted else body.include_reasoning, tools)
 
 
 def stop_reason(sample, stops: tuple[str, ...]) -> tuple[str, str | None]:

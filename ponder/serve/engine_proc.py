@@ -9,7 +9,7 @@ before, and the server process keeps the HTTP side, tokenization and
 detokenization (as vLLM splits its API server from its engine core).
 
 Wire, over two one-way pipes: the server sends ("add", tag, prompt ids, params,
-seeds, limit), ("cancel", tag) and ("close",); the engine sends one message per
+seeds, limit, tools), ("cancel", tag) and ("close",); the engine sends one message per
 worker loop, ([(tag, item), ...], stats), items being the `Worker`'s ("tokens",
 ...), ("done", Sample), ("error", text), ("started", None) when a job joins
 the batch and ("dropped", None) when a cancelled one has left it. A reader thread in the server hands each message to the event loops
@@ -38,12 +38,13 @@ class EngineProcess:
     The process starts loading the model at once; `wait_ready` waits until it has (so the
     server can load its own copy, for the tokenizer and config, meanwhile)."""
 
-    def __init__(self, model: str, device: str, threads: int, max_batch: int, max_queue: int):
+    def __init__(self, model: str, device: str, threads: int, max_batch: int, max_queue: int, tools=None):
+        """`tools`: the server's `ToolFields` (the engine process builds the toolbox), None for none."""
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
         down_r, self._down = ctx.Pipe(duplex=False)
         self._up, up_w = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=engine_main, args=(down_r, up_w, model, device, threads, max_batch),
+        self._proc = ctx.Process(target=engine_main, args=(down_r, up_w, model, device, threads, max_batch, tools),
                                  name="ponder-serve-engine", daemon=True)
         self._proc.start()
         down_r.close()
@@ -83,7 +84,7 @@ class EngineProcess:
             job.tag, job.left = next(self._tags), job.rows
             self._jobs[job.tag] = job
             self._waiting.add(job.tag)
-            self._send(("add", job.tag, job.prompt_ids, job.params, job.seeds, job.limit))
+            self._send(("add", job.tag, job.prompt_ids, job.params, job.seeds, job.limit, job.tools))
 
     def cancel(self, job: Job) -> None:
         """Drop `job` (its client went away); a no-op once it has finished. It counts as
@@ -160,13 +161,15 @@ class EngineProcess:
         _deliver_all([(job, ("error", self.gone)) for job in jobs])
 
 
-def engine_main(down, up, model: str, device: str, threads: int, max_batch: int) -> None:
+def engine_main(down, up, model: str, device: str, threads: int, max_batch: int, tools=None) -> None:
     """The engine process: load the model, run a `Worker`, relay between it and the server."""
     from ponder.core import config as C
     try:
         C.set_threads(threads)
         from ponder.engine.engine import Engine, SamplingParams
         from ponder.models.model import load_model
+        from ponder.verifiers.tools import Toolbox
+        toolbox = Toolbox.from_fields(tools) if tools is not None else None
         m, tok = load_model(model, device=device)
         engine = Engine(m, tok)
         engine.generate(["1"], params=SamplingParams(max_new_tokens=2))  # first calls are slow: not a request's
@@ -184,7 +187,8 @@ def engine_main(down, up, model: str, device: str, threads: int, max_batch: int)
                 jobs.pop(job.tag, None)
         up.send((wire, worker.stats()))
 
-    worker = Worker(engine, max_batch, max_queue=1 << 30, deliver=deliver, started=True)  # the server bounds the queue
+    worker = Worker(engine, max_batch, max_queue=1 << 30, deliver=deliver, started=True,  # the server bounds the queue
+                    toolbox=toolbox)
     up.send(("ready",))
     try:
         _relay(down, worker, jobs)
@@ -199,8 +203,8 @@ def _relay(down, worker, jobs: dict[int, Job]) -> None:
         except (EOFError, OSError):  # the server has gone
             return
         if msg[0] == "add":
-            tag, ids, params, seeds, limit = msg[1:]
-            job = jobs[tag] = Job(ids, params, seeds, limit, None, tag=tag)
+            tag, ids, params, seeds, limit, tools = msg[1:]
+            job = jobs[tag] = Job(ids, params, seeds, limit, None, tag=tag, tools=tools)
             worker.submit(job)
         elif msg[0] == "cancel":
             job = jobs.pop(msg[1], None)

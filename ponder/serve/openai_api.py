@@ -9,6 +9,9 @@ usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
 (0 off, N a cap, -1 adaptive) sets one directly and wins over the effort.
 `strategy` (vote, adaptive) turns n samples into one voted answer
 (`ponder.serve.strategy`); the response's `strategy` field holds the votes.
+`tools: [{"type": "calculator"}]` lets the model call the server's tools while it
+thinks (`ponder serve --tools`); the calls and their `<output>` are part of the
+reasoning, and the thinking then runs without a budget.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def list_models(request: Request) -> dict:
 
 def plan_chat(svc: Service, body: ChatRequest) -> Plan:
     svc.check_model(body.model)
+    tools = svc.tool_tags([t.wanted for t in body.tools or ()])
+    if tools and (body.thinking_budget is not None or body.reasoning_effort is not None):
+        field = "thinking_budget" if body.thinking_budget is not None else "reasoning_effort"
+        raise RequestError(field, f"{field} with tools is not supported yet (a budget would count each stretch "
+                                  f"between tool calls); valid: leave {field} unset when tools are enabled")
     if body.thinking_budget is not None:
         budget = body.thinking_budget
     else:
@@ -49,7 +57,7 @@ def plan_chat(svc: Service, body: ChatRequest) -> Plan:
                         else ("max_tokens", body.max_tokens))
     messages = [(m.role, text_of(m.content)) for m in body.messages]
     return svc.plan(messages, budget, requested, field, body.temperature, body.top_p, stops_of(body.stop),
-                    body.n, body.seed, body.include_reasoning)
+                    body.n, body.seed, body.include_reasoning, tools)
 
 
 @router.post("/v1/chat/completions")

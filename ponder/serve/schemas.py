@@ -32,6 +32,18 @@ class ChatMessage(_Strict):
     content: Union[str, list[TextPart], None] = None
 
 
+class ToolSpec(_Strict):
+    """A tool a request enables: `{"type": "calculator"}` names one the server runs (`ponder serve
+    --tools`), as OpenAI's built-in tools are named by type; a client's function tool (type
+    "function", or Anthropic's "custom" / no type) is refused, naming the valid types."""
+    type: str | None = None
+    name: str | None = None
+
+    @property
+    def wanted(self) -> str:
+        return "function" if self.type in (None, "custom") else self.type
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
 
@@ -53,6 +65,7 @@ class ChatRequest(_Strict):
     stream_options: StreamOptions | None = None
     include_reasoning: bool | None = None  # False: reasoning is counted in usage but not returned
     strategy: Literal["vote", "adaptive"] | None = None  # n samples -> one voted answer (ponder.serve.strategy)
+    tools: list[ToolSpec] | None = None  # the server's tools this request may call while it thinks
 
 
 class ThinkingEnabled(_Strict):
@@ -83,6 +96,7 @@ class MessagesRequest(_Strict):
     stream: bool = False
     include_reasoning: bool | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)  # ponder's extension: same seed, same tokens
+    tools: list[ToolSpec] | None = None  # the server's tools this request may call while it thinks
 
 
 def text_of(content) -> str:

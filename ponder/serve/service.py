@@ -18,6 +18,7 @@ from ponder.serve.reasoning import REASONING_MODES, RequestError, StreamSplit, s
 from ponder.serve.engine_proc import EngineGone, EngineProcess
 from ponder.serve.worker import Busy, Job, Worker
 from ponder.core.think import THINK_OPEN
+from ponder.verifiers.tools import ToolFields, Toolbox, tool_names
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks its client is still there
 # With many streams open, each stream sends what arrived within COALESCE_S as one chunk
@@ -31,7 +32,9 @@ ENGINE_MODES = ("process", "thread")
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(ToolFields):
+    """`ponder serve`'s settings. The tool fields say which tools the server runs for a request that
+    enables them (`"tools": [{"type": "calculator"}]`); none by default."""
     model: str = option("tiny", "what `ponder eval --model` takes: tiny, a model folder, smollm2-135m, ...")
     host: str = option("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
     port: int = option(8000, "TCP port")
@@ -53,6 +56,7 @@ class ServeConfig:
 
     def __post_init__(self):
         check_choices(self)
+        ToolFields.__post_init__(self)
         for field, lo in (("port", 0), ("max_batch", 1), ("max_queue", 1), ("max_tokens", 1), ("max_body", 1024)):
             if getattr(self, field) < lo:
                 raise ConfigError(f"ServeConfig.{field} = {getattr(self, field)} is out of range; valid values: >= {lo}")
@@ -85,9 +89,12 @@ class Delta:
 def start_worker(engine: Engine | None, cfg: ServeConfig):
     """The batching worker `cfg` asks for: an `EngineProcess` (which loads `cfg.model` itself, so
     `engine` may still be None) or a `Worker` thread on `engine`."""
+    toolbox = Toolbox.from_fields(cfg)  # here too in process mode: a tool that cannot run fails now
     if cfg.engine == "process":
-        return EngineProcess(cfg.model, cfg.device, cfg.threads, cfg.max_batch, cfg.max_queue)
-    return Worker(engine, cfg.max_batch, cfg.max_queue)
+        return EngineProcess(cfg.model, cfg.device, cfg.threads, cfg.max_batch, cfg.max_queue,
+                             ToolFields(**{f: getattr(cfg, f) for f in ToolFields.__dataclass_fields__})
+                             if toolbox else None)
+    return Worker(engine, cfg.max_batch, cfg.max_queue, toolbox=toolbox)
 
 
 class Service:
@@ -100,6 +107,7 @@ class Service:
         conf = engine.model.config
         self.context = int(getattr(conf, "max_position_embeddings", 0) or 2048)
         self.thinks = None not in engine.think_ids  # budgets need single <think> and </think> tokens
+        self.tools = tool_names(cfg.tools)  # request name -> tag of each tool the server runs
         self.worker = worker or start_worker(engine, cfg)
         if isinstance(self.worker, EngineProcess):
             self.worker.wait_ready()
@@ -113,6 +121,19 @@ class Service:
         if model != self.name:
             raise RequestError("model", f"model {model!r} is not served here; valid models: {self.name}",
                                kind="not_found_error")
+
+    def tool_tags(self, requested: list[str], field: str = "tools") -> tuple[str, ...]:
+        """The tags of the server's tools a request enables by name (`"tools": [{"type": NAME}]`)."""
+        valid = ", ".join(self.tools) or "none (start the server with --tools, e.g. --tools calculator)"
+        tags = []
+        for k, name in enumerate(requested):
+            if name not in self.tools:
+                what = ("function tools (run by the client) are not supported" if name == "function"
+                        else f"tool {name!r} is not run by this server")
+                raise RequestError(f"{field}[{k}].type", f"{what}; valid types: {valid}")
+            if self.tools[name] not in tags:
+                tags.append(self.tools[name])
+        return tuple(tags)
 
     def prompt(self, messages: list[tuple[str, str]]) -> tuple[list[int], bool]:
         """Prompt ids for (role, text) messages, and whether the prompt opened the thinking.
@@ -149,19 +170,22 @@ class Service:
         return sampling_params(budget if self.thinks else None, limit, temperature, top_p, stops, field)
 
     def plan(self, messages, budget, requested, field, temperature, top_p, stops, n, seed,
-             include_reasoning) -> Plan:
+             include_reasoning, tools: tuple[str, ...] = ()) -> Plan:
+        """`tools`: the tags `tool_tags` gave (the thinking then runs without a budget)."""
         ids, opened = self.prompt(messages)
         limit = self.limit(requested, field, len(ids))
-        params = self.params(budget, limit, temperature, top_p, stops, field)
+        params = self.params(None if tools else budget, limit, temperature, top_p, stops, field)
         seed = secrets.randbits(63) if seed is None else seed
-        job = Job(ids, params, [row_seed(seed, 0, j) for j in range(n)], limit, asyncio.get_running_loop())
+        job = Job(ids, params, [row_seed(seed, 0, j) for j in range(n)], limit, asyncio.get_running_loop(),
+                  tools=tools)
         mode = "hidden" if include_reasoning is False else self.cfg.reasoning
         return Plan(job, opened, stops, mode, seed)
 
     def more(self, plan: Plan, first: int, n: int) -> Plan:
         """The same request again for samples first..first+n-1 (their own seeds: a pool's continuation)."""
         j = plan.job
-        job = Job(j.prompt_ids, j.params, [row_seed(plan.seed, 0, first + k) for k in range(n)], j.limit, j.loop)
+        job = Job(j.prompt_ids, j.params, [row_seed(plan.seed, 0, first + k) for k in range(n)], j.limit, j.loop,
+                  tools=j.tools)
         return replace(plan, job=job)
 
     # -- running it ----------------------------------------------------------------------

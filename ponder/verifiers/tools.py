@@ -30,7 +30,7 @@ import decimal
 import re
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -233,6 +233,16 @@ def parse_tools(spec: str) -> list[tuple[str, str]]:
     return out
 
 
+def tool_names(spec: str) -> dict[str, str]:
+    """The name a served request asks for each tool by -> its tag: a built-in's own name, a user
+    tool's name.
+
+    >>> tool_names("calculator, lookup=mod:fn")
+    {'calculator': 'calc', 'lookup': 'lookup'}
+    """
+    return {(what if what in BUILTIN_TAGS else tag): tag for tag, what in parse_tools(spec)}
+
+
 class Toolbox:
     """The tools of one run, found by tag; `find_call` spots a finished call, `call` runs it."""
 
@@ -250,6 +260,14 @@ class Toolbox:
         built = {"calculator": lambda: Tool("calc", calculate), "python": lambda: python_tool(fields)}
         tools = [built[what]() if what in built else user_tool(tag, what, base_dir) for tag, what in pairs]
         return cls(tools, fields.max_tool_calls, fields.tool_output_chars)
+
+    def subset(self, tags: tuple[str, ...]) -> "Toolbox":
+        """The same tools and limits, only `tags` (a served request enables some of the server's)."""
+        return Toolbox([self.tools[t] for t in tags], self.max_calls, self.output_chars)
+
+    def with_stops(self, params):
+        """`params` (SamplingParams) with the tools' closing tags added to its stop strings."""
+        return replace(params, stop=tuple(params.stop) + tuple(s for s in self.stops if s not in params.stop))
 
     def find_call(self, text: str) -> tuple[str, str] | None:
         """(tag, argument) when `text` ends with a tool's closing tag, else None.
