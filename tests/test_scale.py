@@ -98,3 +98,33 @@ def test_scale_keeps_what_it_measured_when_stopped(tiny_folder, tmp_path, monkey
     assert partial["complete"] is False
     assert {e["strategy"] for e in partial["entries"]} >= {"greedy", "pass@1", "maj@2"}
     assert all(e["thinking_budget"] is None for e in partial["entries"])
+
+
+def test_scale_with_tools_counts_the_tools_tokens_apart(tmp_path, monkeypatch):
+    """`ponder scale --tools calculator` on the shipped tool base: `generated_tokens` are the model's,
+    `tool_tokens` what the calculator wrote, and together they are every completion token of the pool."""
+    from ponder.inference.scale import format_table, scale
+    cfg = ScaleConfig(model="tiny-tools", tools="calculator", problems=12, samples=8, max_new_tokens=64,
+                      task_options="min_digits=6 max_digits=7 ops=add", adaptive_batch="2",
+                      json=str(tmp_path / "scale.json"))
+    seen = {}
+    import ponder.inference.scale as S
+    real = S.maybe_tool_rollout
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        seen[a[3]] = out.groups  # n -> the groups of that pass
+        return out
+    monkeypatch.setattr(S, "maybe_tool_rollout", spy)
+    result = scale(cfg, log=lambda *_: None)
+    rows = {e["strategy"]: e for e in result["entries"]}
+    pool = seen[8]
+    every = sum(len(s.ids) for g in pool for s in g.samples)
+    calls = sum(len(c) for g in pool for c in g.calls)
+    assert calls > 0  # the base calls on some samples
+    assert rows["maj@8"]["generated_tokens"] + rows["maj@8"]["tool_tokens"] == every
+    assert rows["maj@8"]["tool_calls"] == calls and rows["maj@8"]["tool_tokens"] > 0
+    assert rows["maj@1"]["tool_calls"] == sum(len(g.calls[0]) for g in pool)
+    assert "tool tokens" in format_table(result)
+    with pytest.raises(ConfigError, match="budgets = 'none'"):
+        ScaleConfig(model="tiny-tools", tools="calculator", budgets="none,16")

@@ -13,7 +13,10 @@
 Every entry has `strategy`, `samples`, `thinking_budget`, `accuracy` with a
 95% interval, `generated_tokens` (total over the split; for pool-derived
 entries, the tokens of the samples the strategy used), and the same per
-difficulty level. `--json FILE` writes them; the plot is accuracy against
+difficulty level. With `--tools` (the calls run as in `ponder eval --tools`)
+`generated_tokens` counts the model's tokens only, and `tool_tokens` and
+`tool_calls` the tokens the tools wrote and the calls, over the same samples:
+a tool's output costs a prefill, not a decode step per token. `--json FILE` writes them; the plot is accuracy against
 total generated tokens on a log axis.
 """
 
@@ -29,16 +32,17 @@ from statistics import mean
 from ponder.core import config as C
 from ponder.engine.budget import parse_budgets
 from ponder.core.io import write_json
-from ponder.rl.rollout import rollout
+from ponder.rl.tool_rollout import ToolGroup, maybe_tool_rollout
 from ponder.tasks.spec import TaskFields, make_task
 from ponder.core.config import RunFields, ConfigError, option
 from ponder.engine.engine import Engine, SamplingParams
 from ponder.core.stats import majority_vote, mean_ci, mean_pass_at_k, weighted_vote, wilson_ci
 from ponder.inference.strategies import adaptive_stop, allocate, best_of_n, extract, step_search
+from ponder.verifiers.tools import ToolFields, Toolbox
 
 
 @dataclass(frozen=True)
-class ScaleConfig(RunFields, TaskFields):
+class ScaleConfig(ToolFields, RunFields, TaskFields):
     model: str = option("tiny", "HF model folder")
     split: str = option("test", "held-out split", choices=("test", "train"))
     problems: int = option(200, "problems in the split sample")
@@ -59,6 +63,11 @@ class ScaleConfig(RunFields, TaskFields):
 
     def __post_init__(self):
         C.check_choices(self)
+        ToolFields.__post_init__(self)
+        if self.tools and (self.prm or self.budgets.replace(" ", "") != "none"):
+            raise ConfigError(f"with tools = {self.tools!r}, ponder scale supports budgets = 'none' and no PRM "
+                              f"(got budgets = {self.budgets!r}, prm = {self.prm!r}): a thinking budget would count "
+                              f"each stretch between calls, and PRM scores and search do not skip tool output yet")
         if min(self.problems, self.samples, self.chunk, self.search_width, self.probe, self.adaptive_first) < 1:
             raise ConfigError("problems, samples, chunk, search_width, probe and adaptive_first must be >= 1")
         for n in _ints(self.search_n):
@@ -85,8 +94,11 @@ def accuracy_ci(hits: list[float]) -> tuple[float, float, float]:
 
 
 def entry(strategy: str, samples: float, budget, hits: list[float], tokens: list[int], difficulty: list[int],
-          **extra) -> dict:
-    """One table row: accuracy with its 95% interval and generated tokens, overall and per difficulty level."""
+          tools: tuple[list[int], list[int]] | None = None, **extra) -> dict:
+    """One table row: accuracy with its 95% interval and generated tokens, overall and per difficulty level;
+    `tools` = (tool tokens, tool calls) per problem over the same samples adds their totals."""
+    if tools is not None:
+        extra = {**extra, "tool_tokens": sum(tools[0]), "tool_calls": sum(tools[1])}
     acc, lo, hi = accuracy_ci(hits)
     by = {}
     for d in sorted(set(difficulty)):
@@ -105,18 +117,34 @@ def _k_values(n: int) -> list[int]:
     return ks + ([n] if ks[-1] != n else [])
 
 
-def pool_entries(pool, answers, correct, scores, examples, budget, cfg: ScaleConfig) -> list[dict]:
-    """Every strategy that selects from the pool's samples (taken in sampling order)."""
+def token_counts(group) -> tuple[list[int], list[int], list[int]]:
+    """Per sample of a group: (the model's tokens, tokens tools wrote, tool calls)."""
+    if not isinstance(group, ToolGroup):
+        return [len(s.ids) for s in group.samples], [0] * len(group.samples), [0] * len(group.samples)
+    model = [sum(m) for m in group.loss_masks]
+    return model, [len(s.ids) - k for s, k in zip(group.samples, model)], [len(c) for c in group.calls]
+
+
+def pool_entries(pool, answers, correct, scores, examples, budget, cfg: ScaleConfig, groups=None) -> list[dict]:
+    """Every strategy that selects from the pool's samples (taken in sampling order); `groups` (the
+    pool's groups) split the token counts into the model's and the tools' when they hold tool calls."""
     diff = [ex.difficulty for ex in examples]
-    ntok = [[len(s.ids) for s in g] for g in pool]
+    counts = [token_counts(g) for g in groups] if groups is not None else None
+    ntok = [c[0] for c in counts] if counts else [[len(s.ids) for s in g] for g in pool]
+    with_tools = counts is not None and any(isinstance(g, ToolGroup) for g in groups)
+
+    def tools_of(used):  # (tool tokens, tool calls) per problem over its first used[i] samples
+        return ([sum(c[1][:u]) for c, u in zip(counts, used)], [sum(c[2][:u]) for c, u in zip(counts, used)]) \
+            if with_tools else None
     ok = lambda a, i: a is not None and any(c for x, c in zip(answers[i], correct[i]) if x == a)
     P = len(examples)
     out = []
     for k in _k_values(cfg.samples):
-        toks = [sum(t[:k]) for t in ntok]
+        toks, tk = [sum(t[:k]) for t in ntok], tools_of([k] * P)
         # pass@k: the unbiased per-problem estimate from all the pool's samples (fractional hits).
-        out.append(entry(f"pass@{k}", k, budget, [mean_pass_at_k([c], k) for c in correct], toks, diff))
-        out.append(entry(f"maj@{k}", k, budget, [ok(majority_vote(answers[i][:k]), i) for i in range(P)], toks, diff))
+        out.append(entry(f"pass@{k}", k, budget, [mean_pass_at_k([c], k) for c in correct], toks, diff, tk))
+        out.append(entry(f"maj@{k}", k, budget, [ok(majority_vote(answers[i][:k]), i) for i in range(P)], toks, diff,
+                         tk))
         if scores is not None:
             out.append(entry(f"prm_weighted@{k}", k, budget,
                              [ok(weighted_vote(answers[i][:k], scores[i][:k]), i) for i in range(P)], toks, diff))
@@ -126,7 +154,8 @@ def pool_entries(pool, answers, correct, scores, examples, budget, cfg: ScaleCon
         for thr in (float(x) for x in cfg.adaptive_threshold.split(",") if x.strip()):
             used = [adaptive_stop(a, batch, thr, first=cfg.adaptive_first) for a in answers]
             out.append(entry("adaptive", mean(used), budget, [ok(majority_vote(answers[i][:used[i]]), i) for i in range(P)],
-                             [sum(ntok[i][:used[i]]) for i in range(P)], diff, batch=batch, threshold=thr))
+                             [sum(ntok[i][:used[i]]) for i in range(P)], diff, tools_of(used), batch=batch,
+                             threshold=thr))
     # Difficulty-aware allocation at the same mean sample counts as maj@k.
     for k in _k_values(cfg.samples):
         if k <= cfg.probe:
@@ -134,7 +163,8 @@ def pool_entries(pool, answers, correct, scores, examples, budget, cfg: ScaleCon
         extra = allocate([a[:cfg.probe] for a in answers], (k - cfg.probe) * P, cfg.samples - cfg.probe)
         used = [cfg.probe + x for x in extra]
         out.append(entry("allocated", mean(used), budget, [ok(majority_vote(answers[i][:used[i]]), i) for i in range(P)],
-                         [sum(ntok[i][:used[i]]) for i in range(P)], diff, probe=cfg.probe, target_samples=k))
+                         [sum(ntok[i][:used[i]]) for i in range(P)], diff, tools_of(used), probe=cfg.probe,
+                         target_samples=k))
     return out
 
 
@@ -211,20 +241,24 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
     model, tok = load_model(cfg.model, device=cfg.device)
     task = make_task(cfg, tok)  # the same prompts as train and eval
     engine = Engine(model, tok)
+    toolbox = Toolbox.from_fields(cfg)
     prm = None
     if cfg.prm:
         from ponder.inference.prm import PRM
         prm = PRM.load(cfg.prm, model, tok)
     examples = task.examples(cfg.split, cfg.problems, seed=cfg.seed)
     diff = [ex.difficulty for ex in examples]
-    greedy = rollout(engine, task, examples, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed, cfg.chunk).groups
-    entries = [entry("greedy", 1, None, [g.correct[0] for g in greedy], [len(g.samples[0].ids) for g in greedy], diff)]
+    greedy = maybe_tool_rollout(engine, task, examples, 1, SamplingParams(cfg.max_new_tokens, 0.0), cfg.seed, toolbox,
+                                chunk=cfg.chunk).groups
+    counts = [token_counts(g) for g in greedy]
+    tools = ([c[1][0] for c in counts], [c[2][0] for c in counts]) if toolbox else None
+    entries = [entry("greedy", 1, None, [g.correct[0] for g in greedy], [c[0][0] for c in counts], diff, tools)]
     log(f"greedy {entries[-1]['accuracy']:.3f}")
     result = {"config": asdict(cfg), "complete": False, "entries": entries}
     save = (lambda: write_json(cfg.json, result)) if cfg.json else (lambda: None)
     save()
     for budget in parse_budgets(cfg.budgets, cfg.max_new_tokens):
-        entries += budget_entries(engine, task, examples, prm, budget, cfg, tok, result, log)
+        entries += budget_entries(engine, task, examples, prm, budget, cfg, tok, result, log, toolbox)
         save()
     if prm is not None:
         for e in search_entries(engine, task, examples, prm, cfg, diff):
@@ -237,11 +271,13 @@ def scale(cfg: ScaleConfig, log=print) -> dict:
     return result
 
 
-def budget_entries(engine, task, examples, prm, budget, cfg: ScaleConfig, tok, result: dict, log) -> list[dict]:
+def budget_entries(engine, task, examples, prm, budget, cfg: ScaleConfig, tok, result: dict, log,
+                   toolbox: Toolbox | None = None) -> list[dict]:
     """Pass@1, voting, adaptive and PRM-weighted rows of one sampled pool at one thinking budget."""
     from ponder.inference.overthinking import report, traces_of
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature, thinking_budget=budget)
-    groups = rollout(engine, task, examples, cfg.samples, params, cfg.seed + 1, cfg.chunk).groups
+    groups = maybe_tool_rollout(engine, task, examples, cfg.samples, params, cfg.seed + 1, toolbox,
+                                chunk=cfg.chunk).groups
     pool = [list(g.samples) for g in groups]
     correct = [g.correct for g in groups]
     answers = [[extract(s) for s in g] for g in pool]
@@ -250,7 +286,7 @@ def budget_entries(engine, task, examples, prm, budget, cfg: ScaleConfig, tok, r
         flat = prm.score([list(s.prompt_ids) for g in pool for s in g],
                          [[t for t in s.ids if t != engine.eos_id] for g in pool for s in g])
         scores = [flat[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(pool))]
-    rows = pool_entries(pool, answers, correct, scores, examples, budget, cfg)
+    rows = pool_entries(pool, answers, correct, scores, examples, budget, cfg, groups)
     think = [s.thinking_tokens for g in pool for s in g]
     for e in rows:
         e["mean_thinking_tokens"] = mean(think)
@@ -325,11 +361,14 @@ def plot(entries: list[dict], path: str | Path, title: str) -> None:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'strategy':18s} {'budget':>6s} {'samples':>7s} {'accuracy':>8s} {'95% CI':>15s} {'tokens':>9s}"]
+    tools = any("tool_tokens" in e for e in result["entries"])
+    head = f" {'tool tokens':>11s} {'calls':>6s}" if tools else ""
+    lines = [f"{'strategy':18s} {'budget':>6s} {'samples':>7s} {'accuracy':>8s} {'95% CI':>15s} {'tokens':>9s}" + head]
     for e in result["entries"]:
         lo, hi = e["accuracy_ci"]
+        tail = f" {e.get('tool_tokens', 0):11d} {e.get('tool_calls', 0):6d}" if tools else ""
         lines.append(f"{e['strategy']:18s} {e['thinking_budget']!s:>6s} {e['samples']:7.2f} {e['accuracy']:8.3f} "
-                     f"[{lo:.3f}, {hi:.3f}] {e['generated_tokens']:9d}")
+                     f"[{lo:.3f}, {hi:.3f}] {e['generated_tokens']:9d}" + tail)
     return "\n".join(lines) + "\nbar: " + json.dumps(result["bar"], indent=1)
 
 
