@@ -117,10 +117,12 @@ def test_the_run_steers_to_the_aim_above_a_floor_it_never_reaches(small_model, t
     assert all(r["entropy_below_target"] == 0.0 and r["entropy"] > 1e-3 for r in rows)
 
 
-def test_entropy_control_resumes_exactly(small_model, tmp_path):
-    """The coefficient and the last entropy are in the checkpoint: a resumed run trains alike."""
+@pytest.mark.parametrize("lookahead", [0.0, 2.0])
+def test_entropy_control_resumes_exactly(small_model, tmp_path, lookahead):
+    """The coefficient, the last entropy and its trend are in the checkpoint: a resumed run trains alike."""
     full, part = tmp_path / "full", tmp_path / "part"
-    kw = dict(steps=6, save_every=3, lr=1e-2, entropy_target=8.0, entropy_coef_step=0.05, entropy_coef_max=0.5)
+    kw = dict(steps=6, save_every=3, lr=1e-2, entropy_target=8.0, entropy_coef_step=0.05, entropy_coef_max=0.5,
+              entropy_lookahead=lookahead, entropy_coef_gain=0.1)
     train(_cfg(small_model, full, **kw))
     train(_cfg(small_model, part, **{**kw, "steps": 3}))
     train(_cfg(small_model, part, **kw), resume=True)
@@ -141,3 +143,24 @@ def test_the_proportional_term_reaches_the_run(small_model, tmp_path):
     for k in (1, 2):
         want = min(0.05 * k + 0.2 * (8.0 - rows[k - 1]["entropy"]) / 8.0, 0.5)
         assert rows[k]["entropy_coef"] == pytest.approx(want, abs=2e-6), k
+
+
+def test_a_lookahead_answers_the_forecast_not_the_last_step(small_model, tmp_path):
+    """`entropy_lookahead`: the bonus reads the entropy L steps on at its trend (logged as
+    entropy_forecast), so it is computed from the forecast, not from the last step's entropy."""
+    from ponder.rl.ppo import entropy_forecast, entropy_trend
+    out = tmp_path / "ahead"
+    aim = 4.6  # just under the untrained model's 4.61 nats: the last step is above it, its forecast below
+    train(_cfg(small_model, out, steps=4, lr=1e-2, entropy_target=aim, entropy_coef_step=0.05,
+               entropy_coef_max=5.0, entropy_coef_gain=50.0, entropy_lookahead=3.0))
+    rows = _rows(out)
+    trend, prev = 0.0, None
+    for k, r in enumerate(rows):
+        trend = entropy_trend(trend, r["entropy"], prev)
+        prev = r["entropy"]
+        assert r["entropy_forecast"] == pytest.approx(entropy_forecast(r["entropy"], trend, 3.0), abs=2e-6)
+        if k + 1 < len(rows):
+            f = r["entropy_forecast"]
+            want = 0.0 if f >= aim else min(rows[k + 1]["entropy_coef_state"] + 50.0 * (aim - f) / aim, 5.0)
+            assert rows[k + 1]["entropy_coef"] == pytest.approx(want, abs=1e-5), k
+    assert rows[1]["entropy"] > aim and rows[2]["entropy_coef"] > 0  # the forecast, not the last step, decided

@@ -95,6 +95,31 @@ def entropy_coef_update(coef: float, entropy: float, target: float, step: float,
     return min(max(coef, 0.0), max_coef)
 
 
+def entropy_trend(trend: float, entropy: float, previous: float | None, smoothing: float = 0.5) -> float:
+    """The controller's estimate of entropy's change per step: an exponential average of the
+    steps' changes (the newest weighted `smoothing`); 0 before there are two steps.
+
+    >>> entropy_trend(0.0, 0.10, None), round(entropy_trend(0.0, 0.10, 0.14), 6), round(entropy_trend(-0.02, 0.09, 0.10), 6)
+    (0.0, -0.02, -0.015)
+    """
+    if previous is None:
+        return 0.0
+    return (1 - smoothing) * trend + smoothing * (entropy - previous)
+
+
+def entropy_forecast(entropy: float | None, trend: float, lookahead: float) -> float | None:
+    """Entropy `lookahead` steps on at the current trend (never below 0): what the bonus answers
+    with a lookahead, since a bonus takes steps to turn a fall (the optimizer's momentum and the
+    policy gradient carry it on). None stays None (no step yet).
+
+    >>> entropy_forecast(0.06, -0.01, 3), entropy_forecast(0.06, -0.05, 3), entropy_forecast(None, -0.01, 3)
+    (0.03, 0.0, None)
+    """
+    if entropy is None:
+        return None
+    return max(0.0, round(entropy + lookahead * trend, 12))
+
+
 def entropy_bonus_weight(coef: float, entropy: float | None, target: float, gain: float = 0.0,
                          max_coef: float = float("inf")) -> float:
     """The entropy bonus's weight in the loss: c_k while entropy is below `target`, else 0

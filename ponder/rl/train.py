@@ -47,7 +47,8 @@ from ponder.core.loop import TrainingLoop
 from ponder.core.think import format_score
 from ponder.tasks.base import Example, Task
 from ponder.models.value_head import ValueHead
-from ponder.rl.ppo import clipped_value_loss, entropy_bonus_weight, entropy_coef_update, gae, token_rewards, whiten
+from ponder.rl.ppo import (clipped_value_loss, entropy_bonus_weight, entropy_coef_update, entropy_forecast,
+                           entropy_trend, gae, token_rewards, whiten)
 from ponder.rl.rollout import Group, rollout, verdict_score
 from ponder.rl.tool_rollout import ToolGroup, masked_completion, tool_metrics
 from ponder.verifiers.batch import verify_batch
@@ -99,6 +100,9 @@ class RLConfig(ToolFields, RunFields, TaskFields):
     entropy_coef_gain: float = option(0.0, "entropy control's proportional term: below the aim the bonus is the "
                                       "coefficient plus gain * (aim - entropy) / aim (capped at entropy_coef_max), "
                                       "so a fast fall is answered the same step; 0 = the integral rule alone")
+    entropy_lookahead: float = option(0.0, "entropy control reads the entropy this many steps ahead at its recent "
+                                      "trend (an average of the last steps' changes), so a fast fall is met before "
+                                      "it arrives; 0 = the last step's entropy")
     entropy_margin: float = option(0.0, "entropy_target as a floor: the controller aims this share above it "
                                    "(target * (1 + margin)), so that its swings around the aim stay above the "
                                    "target; 0 = aim at the target itself (Skywork-OR1)")
@@ -191,10 +195,11 @@ class RLConfig(ToolFields, RunFields, TaskFields):
                               f"value_hidden >= 1, value_lr_scale > 0; got {self.gae_gamma}, {self.gae_lambda}, {self.value_clip}, "
                               f"{self.value_coef}, {self.value_hidden}")
         if min(self.entropy_target, self.entropy_coef_step, self.entropy_coef_max, self.entropy_margin,
-               self.entropy_coef_gain) < 0:
-            raise ConfigError(f"entropy_target, entropy_coef_step, entropy_coef_max, entropy_margin and "
-                              f"entropy_coef_gain must be >= 0; got {self.entropy_target}, {self.entropy_coef_step}, "
-                              f"{self.entropy_coef_max}, {self.entropy_margin}, {self.entropy_coef_gain}")
+               self.entropy_coef_gain, self.entropy_lookahead) < 0:
+            raise ConfigError(f"entropy_target, entropy_coef_step, entropy_coef_max, entropy_margin, "
+                              f"entropy_coef_gain and entropy_lookahead must be >= 0; got {self.entropy_target}, "
+                              f"{self.entropy_coef_step}, {self.entropy_coef_max}, {self.entropy_margin}, "
+                              f"{self.entropy_coef_gain}, {self.entropy_lookahead}")
         if self.tool_call_cost and not self.tools:
             raise ConfigError(f"tool_call_cost = {self.tool_call_cost} needs tools (e.g. tools = 'calculator'); "
                               f"without tools no completion calls one")
@@ -253,7 +258,10 @@ def entropy_control(learner, cfg: RLConfig, bonus: float, entropy: float) -> dic
            "entropy_below_target": float(entropy < cfg.entropy_target)}
     learner.entropy_coef = entropy_coef_update(learner.entropy_coef, entropy, cfg.entropy_aim,
                                                cfg.entropy_coef_step, cfg.entropy_coef_max)
+    learner.entropy_trend = entropy_trend(learner.entropy_trend, entropy, learner.entropy_seen)
     learner.entropy_seen = entropy
+    if cfg.entropy_lookahead:
+        out["entropy_forecast"] = entropy_forecast(entropy, learner.entropy_trend, cfg.entropy_lookahead)
     return out
 
 
@@ -658,11 +666,12 @@ class Learner:
     value_head: ValueHead | None = None  # PPO's critic (advantage = "gae")
     entropy_coef: float = 0.0  # adaptive entropy control: the bonus's coefficient
     entropy_seen: float | None = None  # adaptive entropy control: the last step's mean token entropy
+    entropy_trend: float = 0.0  # adaptive entropy control: its average change per step
     pass_history: PassHistory | None = None  # difficulty sampling: recent groups per prompt (not the update's, but run state)
 
     def state(self, cfg: RLConfig) -> dict:
         out = {"optimizer": self.opt.state_dict(), "config": asdict(cfg), "entropy_coef": self.entropy_coef,
-               "entropy_seen": self.entropy_seen}
+               "entropy_seen": self.entropy_seen, "entropy_trend": self.entropy_trend}
         if self.pass_history is not None:
             out["pass_history"] = dict(self.pass_history.records)
         if self.value_head is not None:
@@ -695,6 +704,7 @@ def setup(cfg: RLConfig, resume: bool, log_prefix: str = "") -> tuple[Learner, o
     learner.opt.load_state_dict(state["optimizer"])
     learner.entropy_coef = state.get("entropy_coef", 0.0)
     learner.entropy_seen = state.get("entropy_seen")
+    learner.entropy_trend = state.get("entropy_trend", 0.0)
     if "pass_history" in state:
         learner.pass_history = PassHistory(cfg.difficulty_window, state["pass_history"])
     ckpt.set_rng_state(state["rng"])
@@ -767,7 +777,8 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                         batch, off_policy = importance_weighted(model, batch, rolled.groups, cfg)
                     metrics.update(off_policy)
                 t1 = time.perf_counter()
-                bonus = entropy_bonus_weight(learner.entropy_coef, learner.entropy_seen, cfg.entropy_aim,
+                seen = entropy_forecast(learner.entropy_seen, learner.entropy_trend, cfg.entropy_lookahead)
+                bonus = entropy_bonus_weight(learner.entropy_coef, seen, cfg.entropy_aim,
                                              cfg.entropy_coef_gain, cfg.entropy_coef_max) \
                     if cfg.entropy_target else 0.0
                 try:
