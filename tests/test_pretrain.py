@@ -65,3 +65,20 @@ def test_pretrain_flags_reach_the_corpus(tmp_path, monkeypatch):
     assert (mixes[0].p_calc, mixes[0].max_digits) == (0.2, 7)
     assert (mixes[1].p_calc, mixes[1].max_digits) == (0.0, 5)
     assert (tmp_path / "tools" / "model.safetensors").is_file()
+
+
+def test_the_saved_command_rebuilds_the_same_config(tmp_path):
+    """`ponder_pretrain.json` names the command that made the base: its flags parse back to the config."""
+    import json
+    import shlex
+    from ponder.stages import pretrain as P
+    flags = ["--steps", "1", "--batch-size", "4", "--hidden-size", "16", "--layers", "1", "--heads", "2",
+             "--warmup", "1", "--p-calc", "0.2", "--max-digits", "7"]
+    assert P.main([*flags, "--out", str(tmp_path / "a")]) == 0
+    saved = json.loads((tmp_path / "a" / "ponder_pretrain.json").read_text())
+    words = shlex.split(saved["command"])
+    assert words[:2] == ["ponder", "pretrain"] and "--out" not in words
+    assert P.main([*words[2:], "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "ponder_pretrain.json").read_text())
+    assert again["config"] == saved["config"] and again["command"] == saved["command"]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 from dataclasses import dataclass
 import tomllib
 import typing
@@ -168,6 +169,27 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             "--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="V",
             help=f"{help_text} [default: {default!r}]",
         )
+
+
+def command_flags(cfg, skip: tuple[str, ...] = ("out",)) -> str:
+    """The `--field value` flags that rebuild `cfg` from its class's defaults (fields in `skip` left out).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Demo:
+    ...     steps: int = 10
+    ...     p_calc: float = 0.0
+    ...     out: str = "x"
+    >>> command_flags(Demo(p_calc=0.2, out="y"))
+    '--p-calc 0.2'
+    """
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name not in skip and f.default is not dataclasses.MISSING and value != f.default:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            out.append(f"--{f.name.replace('_', '-')} {shlex.quote(text)}")
+    return " ".join(out)
 
 
 def from_args(cls: type[C], args: argparse.Namespace, recipe: str | None = None,

@@ -155,7 +155,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model.eval()
     out = _save_atomic(model, tok, cfg.out)
     (out / "ponder_pretrain.json").write_text(json.dumps(
-        {"config": {k: v for k, v in asdict(cfg).items() if k != "out"}, "params": count_params(model), "seconds": round(time.time() - t0, 1)}, indent=1))
+        {"config": {k: v for k, v in asdict(cfg).items() if k != "out"}, "params": count_params(model),
+         "seconds": round(time.time() - t0, 1),
+         "command": " ".join(["ponder pretrain", C.command_flags(cfg, skip=("out", "device"))]).strip()}, indent=1))
     print(f"saved the base model to {out} ({time.time() - t0:.0f} s)")
     return out
 
