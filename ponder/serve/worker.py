@@ -96,7 +96,7 @@ class Worker:
         self.toolbox = toolbox
         self._tool_jobs: dict[Job, _ToolJob] = {}
         self._segments: dict[int, tuple[Job, ToolRow | None]] = {}  # rid -> its tool job (row None: the first)
-        self._calls: dict[Future, tuple[Job, ToolRow]] = {}  # tool calls running
+        self._calls: dict[Future, tuple[Job, ToolRow, str]] = {}  # tool calls running: job, row, tag
         self._tool_pool = ThreadPoolExecutor(TOOL_THREADS, thread_name_prefix="ponder-serve-tool") if toolbox else None
         self._deliver, self._started = deliver or _deliver_all, started
         self.batch = engine.batch(max_rows=max_batch, trim=True)
@@ -242,7 +242,7 @@ class Worker:
         call = segment_done(self.engine, row, s, tj.toolbox)
         if call is not None and len(row.ids) < row.limit:
             future = self._tool_pool.submit(tj.toolbox.call, *call, len(row.calls))
-            self._calls[future] = (job, row)
+            self._calls[future] = (job, row, call[0])
             future.add_done_callback(self._wake)
         else:  # done, or a call with no room left for its output
             self._tool_row_done(job, finish_row(self.engine, job.prompt_ids, row,
@@ -251,14 +251,14 @@ class Worker:
     def _resume_calls(self, updates: list) -> None:
         """Rows whose tool call returned rejoin the batch with its output (sent as tokens)."""
         for future in [f for f in self._calls if f.done()]:
-            job, row = self._calls.pop(future)
+            job, row, tag = self._calls.pop(future)
             tj = self._tool_jobs.get(job)
             if tj is None:  # dropped while its call ran
                 continue
             try:
                 result = future.result()
             except Exception as e:  # Toolbox.call reports a tool's failures itself; this is a bug of ours
-                result = ToolResult(row.calls[-1].tag if row.calls else "tool", "", f"error: {e}", True, 0.0)
+                result = ToolResult(tag, "", f"error: {tag}: {e}", True, 0.0)
             rid, out = resume_row(self.engine, self.batch, job.prompt_ids, row, result, tj.params)
             if out:
                 updates.append((job, ("tokens", [(row.j, t) for t in out])))
