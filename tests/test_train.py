@@ -189,14 +189,18 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(small_model, t
     import ponder.rl.train as T
 
     out = tmp_path / "nan"
-    real = T.clipped_policy_loss
-    calls = {"n": 0}
+    real, real_update = T.clipped_policy_loss, T.update_policy
+    updates = {"n": 0}
 
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
+    def counted(*args, **kwargs):
+        updates["n"] += 1
+        return real_update(*args, **kwargs)
+
+    def poisoned(*args, **kwargs):  # from the third step's update on
         loss, clipped = real(*args, **kwargs)
-        return (loss * float("nan") if calls["n"] > 4 else loss), clipped
+        return (loss * float("nan") if updates["n"] > 2 else loss), clipped
 
+    monkeypatch.setattr(T, "update_policy", counted)
     monkeypatch.setattr(T, "clipped_policy_loss", poisoned)
     with pytest.raises(FloatingPointError, match=r"at step 3; stopped. Last good checkpoint: .*step-000002"):
         train(_cfg(small_model, out, steps=6, save_every=2))

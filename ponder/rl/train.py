@@ -30,6 +30,7 @@ from ponder.core.device import autocast as autocast_bf16, move, of as device_of,
 from ponder.core.lock import run_lock
 from ponder.rl.distributed import is_main, my_rows, process_group, reduce_gradients, sharded_rollout
 from ponder.rl.offpolicy import staleness_metrics, with_importance_weights
+from ponder.rl.shared_prompt import group_chunks, shared_prompt_hidden, shares_prompt
 from ponder.rl.workers import check_config as check_workers_config, rollout_workers, verifier_workers
 from ponder.models import lora
 from ponder.core import config as C
@@ -146,6 +147,9 @@ class RLConfig(ToolFields, RunFields, TaskFields):
     reuse_logprobs: bool = option(True, "exact speed-up: the old log-probs of the first minibatch come from its "
                                   "own first forward (detached, ratio = 1 exactly) instead of a separate pass, "
                                   "so an on-policy single-epoch, single-minibatch update runs no extra pass")
+    share_prompt: bool = option(True, "exact speed-up: the update runs each group's prompt once for all its rows "
+                                "(their completions attend to its keys and values, gradients flow back through "
+                                "them) instead of once per row; a chunk is one group, its tokens counted as run")
     lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning); needs the peft package")
     lora_alpha: float = option(32.0, "LoRA scaling numerator (scale = alpha / rank)")
     lora_targets: str = option("all-linear", "modules that get adapters: all-linear or names like q_proj,v_proj")
@@ -333,11 +337,12 @@ def body_and_head(model):
 
 
 def completion_logprobs(model, ids, attn, comp, value_head=None, entropy_grad: bool = False,
-                        value_detach: bool = True):
+                        value_detach: bool = True, prompt_len: int = 0):
     """Log-probs of the next tokens, the entropy and (with `value_head`) the value at each
     completion position, each (B, L-1) with zeros elsewhere; one log-softmax serves log-probs
     and entropy, one hidden state serves the LM head and the value head. The entropy carries
-    a gradient only when `entropy_grad` (an entropy bonus trains on it)."""
+    a gradient only when `entropy_grad` (an entropy bonus trains on it). With `prompt_len` P > 0
+    the rows share their first P tokens (one group's prompt), which run once (`shared_prompt`)."""
     targets = ids[:, 1:]
     sel = comp.bool()  # (B, L-1)
     parts = body_and_head(model)
@@ -348,10 +353,13 @@ def completion_logprobs(model, ids, attn, comp, value_head=None, entropy_grad: b
         logits = policy_logits(model, ids, attn)[sel]  # (N, V)
     else:
         body, head = parts
-        hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]  # (B, L-1, D)
-        logits = head(hidden[sel])  # (N, V)
+        if prompt_len:  # positions before P-1 hold no completion token: the same (N, D) rows, in order
+            hidden = shared_prompt_hidden(body, ids, attn, prompt_len)[sel[:, prompt_len - 1:]]
+        else:
+            hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1][sel]  # (N, D)
+        logits = head(hidden)  # (N, V)
         if value_head is not None:
-            h = hidden[sel].detach() if value_detach else hidden[sel]
+            h = hidden.detach() if value_detach else hidden
             v = value_head(h.float())  # (N,)
             values = torch.zeros(sel.shape, dtype=v.dtype, device=sel.device).masked_scatter(sel, v)
     logp_all = torch.log_softmax(logits.float(), dim=-1)
@@ -395,6 +403,17 @@ def chunk_tokens(model, micro_batch_tokens: int) -> int:
     return max(1, ACTIVATION_BUDGET // width) if width else 0
 
 
+def update_chunks(model, batch: "RLBatch", rows: torch.Tensor, micro_batch: int, max_tokens: int,
+                  share: bool) -> list[tuple[torch.Tensor, int]]:
+    """(rows, shared prompt length) chunks of the update: one group per chunk, its prompt run once,
+    when `share` and the batch knows its groups (`shared_prompt`); else `row_chunks` with 0."""
+    lengths = batch.attn.sum(1).cpu()
+    if share and batch.groups is not None and body_and_head(model) is not None:
+        return [(c, P) if shares_prompt(batch.ids[c], batch.comp[c], P) else (c, 0)
+                for c, P in group_chunks(rows, batch.groups, batch.prompt_lens, lengths, micro_batch, max_tokens)]
+    return [(c, 0) for c in row_chunks(rows, lengths, micro_batch, max_tokens)]
+
+
 def trimmed(batch: RLBatch, rows: torch.Tensor) -> tuple:
     """(ids, attn, comp) of `rows`, cut to their longest sequence: right padding beyond it
     is dead compute, and nothing beyond it enters the loss."""
@@ -412,16 +431,16 @@ CHUNK_WEIGHTS = {
 
 @torch.no_grad()
 def chunked_logprobs(model, batch: "RLBatch", micro_batch: int, precision: str, max_tokens: int = 0,
-                     rows: torch.Tensor | None = None) -> torch.Tensor:
+                     rows: torch.Tensor | None = None, share: bool = False) -> torch.Tensor:
     """(B, L-1) completion log-probs of `rows` (default: the whole batch; zeros elsewhere),
-    one `row_chunks` chunk at a time."""
+    one `update_chunks` chunk at a time."""
     B, L = batch.ids.shape
     out = torch.zeros((B, L - 1), device=batch.ids.device)
-    lengths = batch.attn.sum(1).cpu()
-    for chunk in row_chunks(torch.arange(B) if rows is None else rows, lengths, micro_batch, max_tokens):
+    for chunk, P in update_chunks(model, batch, torch.arange(B) if rows is None else rows, micro_batch,
+                                  max_tokens, share):
         ids, attn, comp = trimmed(batch, chunk)
         with autocast(precision):
-            logp, _, _ = completion_logprobs(model, ids, attn, comp)
+            logp, _, _ = completion_logprobs(model, ids, attn, comp, prompt_len=P)
         out[chunk, : logp.size(1)] = logp
     return out
 
@@ -461,7 +480,8 @@ def old_logprobs(model, batch: "RLBatch", cfg: RLConfig, first_minibatch: torch.
     need = trained.clone()
     if cfg.reuse_logprobs:
         need[first_minibatch] = False
-    return chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, max_tokens, need.nonzero()[:, 0])
+    return chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, max_tokens, need.nonzero()[:, 0],
+                            cfg.share_prompt)
 
 
 def minibatch_gradients(model, batch: "RLBatch", mb: torch.Tensor, trained: torch.Tensor, cfg: RLConfig, aggregate,
@@ -469,25 +489,26 @@ def minibatch_gradients(model, batch: "RLBatch", mb: torch.Tensor, trained: torc
     """Accumulate the gradient of minibatch `mb`'s loss over row chunks of its rows in `trained`
     (weighted by `CHUNK_WEIGHTS` against all of `mb`); returns the sums its metrics come from.
     With `fill_old`, each chunk's detached log-probs become its rows' old log-probs."""
-    mask_mb, lengths = batch.comp[mb], batch.attn.sum(1).cpu()
+    mask_mb = batch.comp[mb]
     sums = dict.fromkeys(("loss", "clip_frac", "entropy", "kl", "value_loss", "tokens", "padded_tokens", "seen"), 0.0)
-    chunks = row_chunks(mb[trained[mb]], lengths, cfg.micro_batch, chunk_tokens(model, cfg.micro_batch_tokens))
+    chunks = update_chunks(model, batch, mb[trained[mb]], cfg.micro_batch, chunk_tokens(model, cfg.micro_batch_tokens),
+                           cfg.share_prompt)
     with autocast(cfg.precision):  # one region for all chunks: autocast caches each weight's bf16 copy, cast once
-        for rows in chunks:
-            _chunk_gradients(model, batch, rows, mask_mb, cfg, aggregate, value_head, entropy_coef, old_logp,
+        for rows, P in chunks:
+            _chunk_gradients(model, batch, rows, P, mask_mb, cfg, aggregate, value_head, entropy_coef, old_logp,
                              ref_logp, fill_old, sums)
     return sums
 
 
-def _chunk_gradients(model, batch, rows, mask_mb, cfg, aggregate, value_head, entropy_coef, old_logp, ref_logp,
-                     fill_old, sums) -> None:
+def _chunk_gradients(model, batch, rows, prompt_len, mask_mb, cfg, aggregate, value_head, entropy_coef, old_logp,
+                     ref_logp, fill_old, sums) -> None:
     """Forward, loss and backward of one row chunk of a minibatch (inside its autocast region),
-    adding its metric sums to `sums`."""
+    adding its metric sums to `sums`; the chunk's rows share their first `prompt_len` tokens (0: none)."""
     weight = CHUNK_WEIGHTS[cfg.loss_agg]
     ids, attn, mask = trimmed(batch, rows)
     T = mask.size(1)
     logp, entropy, values = completion_logprobs(model, ids, attn, mask, value_head, entropy_coef > 0,
-                                                cfg.value_detach)
+                                                cfg.value_detach, prompt_len)
     old = logp.detach() if old_logp is None or fill_old else old_logp[rows, :T]
     if fill_old and old_logp is not None:
         old_logp[rows, :T] = old
@@ -515,8 +536,9 @@ def _chunk_gradients(model, batch, rows, mask_mb, cfg, aggregate, value_head, en
         sums["entropy"] += (entropy * mask).sum().item()
         sums["kl"] += (kl * mask).sum().item() if kl is not None else 0.0
         sums["seen"] += mask.sum().item()
-        sums["tokens"] += attn.sum().item()
-        sums["padded_tokens"] += attn.numel()
+        shared = (ids.size(0) - 1) * prompt_len  # prompt tokens run once for the chunk, not once per row
+        sums["tokens"] += attn.sum().item() - shared
+        sums["padded_tokens"] += attn.numel() - shared
 
 
 def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggregate, value_head=None,
@@ -538,7 +560,7 @@ def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggreg
     with phases("logprobs"):
         old_logp = old_logprobs(model, batch, cfg, minibatches[0], mine, max_tokens)
         ref_logp = (chunked_logprobs(ref_model, batch, cfg.micro_batch, cfg.precision, max_tokens,
-                                     mine.nonzero()[:, 0]) if ref_model is not None else None)
+                                     mine.nonzero()[:, 0], cfg.share_prompt) if ref_model is not None else None)
     params = list(lora.trainable_parameters(model)) + (list(value_head.parameters()) if value_head else [])
     stats = dict.fromkeys(("loss", "clip_frac", "entropy", "kl", "grad_norm", "value_loss"), 0.0)
     tokens = dict.fromkeys(("update_tokens", "update_padded_tokens"), 0.0)
@@ -583,6 +605,8 @@ class RLBatch:
     returns: torch.Tensor | None = None  # (B, L-1) value targets (GAE)
     old_values: torch.Tensor | None = None  # (B, L-1) the value head before the update (GAE)
     is_weight: torch.Tensor | None = None  # (B, L-1) truncated importance weights of lagging rollouts (offpolicy)
+    groups: torch.Tensor | None = None  # (B,) the group of each row: its rows share one prompt (shared_prompt)
+    prompt_lens: torch.Tensor | None = None  # (B,) prompt tokens at the start of each row
 
 
 def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
@@ -593,13 +617,17 @@ def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
     comp = masked_completion(comp, rolled.groups)  # tokens a tool wrote: no loss, no KL (ponder.rl.tool_rollout)
     invalid = torch.tensor([not ok for g in rolled.groups for ok in g.valid])
     comp[invalid] = 0.0  # a verifier failure teaches nothing: masked out of the loss
-    return RLBatch(ids, attn, comp, adv, rewards=torch.nan_to_num(rewards.reshape(-1), nan=0.0))
+    groups = torch.tensor([i for i, g in enumerate(rolled.groups) for _ in g.samples])
+    prompt_lens = torch.tensor([len(s.prompt_ids) for s in samples])
+    return RLBatch(ids, attn, comp, adv, rewards=torch.nan_to_num(rewards.reshape(-1), nan=0.0), groups=groups,
+                   prompt_lens=prompt_lens)
 
 
 def importance_weighted(model, batch: RLBatch, groups: list[Group], cfg: RLConfig) -> tuple[RLBatch, dict]:
     """(`batch` with truncated importance weights, their statistics) for rollouts that lag the
     policy (`ponder.rl.offpolicy`): the proximal log-probs are the current weights'."""
-    prox = chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, chunk_tokens(model, cfg.micro_batch_tokens))
+    prox = chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, chunk_tokens(model, cfg.micro_batch_tokens),
+                            share=cfg.share_prompt)
     return with_importance_weights(batch, groups, prox, cfg.is_cap)
 
 
