@@ -237,3 +237,28 @@ def test_batch_refuses_empty_requests(tiny):
         batch.add([], SamplingParams(), [0])
     with pytest.raises(ConfigError, match="at least one seed"):
         batch.add([1, 2], SamplingParams(), [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("L", [1, 5])
+@pytest.mark.parametrize("n_kv", [1, 3, 9])
+def test_decoder_attention_is_grouped_query_attention(dtype, L, n_kv):
+    """`attention` (a decode step's query heads laid out per KV head) equals attention with each
+    KV head repeated for its query heads (HF's repeat_kv), padding mask included."""
+    import torch.nn.functional as F
+    from ponder.models.decoder import attention
+
+    g = torch.Generator().manual_seed(0)
+    B, H, S, hd = 3, 9, 11, 8
+    q = torch.randn(B, H, L, hd, generator=g).to(dtype)
+    k, v = (torch.randn(B, n_kv, S, hd, generator=g).to(dtype) for _ in range(2))
+    ok = torch.ones(B, S, dtype=torch.bool)
+    ok[1, :4] = False  # a left-padded row
+    causal = torch.ones(L, S, dtype=torch.bool).tril(diagonal=S - L)
+    mask = (ok[:, None, :] & causal[None]).unsqueeze(1)
+    rep = H // n_kv
+    want = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(rep, 1),
+                                          v.float().repeat_interleave(rep, 1), attn_mask=mask)
+    got = attention(q, k, v, mask)
+    assert got.shape == (B, H, L, hd) and got.dtype == dtype
+    assert (got.float() - want).abs().max().item() < (1e-5 if dtype == torch.float32 else 2e-2)
