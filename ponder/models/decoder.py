@@ -80,8 +80,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
     One decode step in bf16 runs each KV head's query heads as that head's queries,
     (B, H_kv, H / H_kv, hd): the same kernel on the same numbers, but torch's CPU kernel with
-    `enable_gqa` at one query row is 1.4-10x slower in bf16 (measured at batch 1-64, 100-1,200
-    keys). fp32 and prefill (L > 1) keep the plain call, which is as fast or faster there."""
+    `enable_gqa` at one query row is 3.3-5.7x slower in bf16 (`bench/bench_attention.py`, one thread,
+    batch 1-64, 100-1,200 keys). fp32 and prefill (L > 1) keep the plain call: in ad-hoc timings it
+    was as fast or faster there."""
     B, H, L, hd = q.shape
     n_kv = k.size(1)
     if n_kv == H:

@@ -409,8 +409,8 @@ def update_chunks(model, batch: "RLBatch", rows: torch.Tensor, micro_batch: int,
     when `share` and the batch knows its groups (`shared_prompt`); else `row_chunks` with 0."""
     lengths = batch.attn.sum(1).cpu()
     if share and batch.groups is not None and body_and_head(model) is not None:
-        return [(c, P) if shares_prompt(batch.ids[c], batch.comp[c], P) else (c, 0)
-                for c, P in group_chunks(rows, batch.groups, batch.prompt_lens, lengths, micro_batch, max_tokens)]
+        chunks = group_chunks(rows, batch.groups.cpu(), batch.prompt_lens.cpu(), lengths, micro_batch, max_tokens)
+        return [(c, P) if shares_prompt(batch.ids[c], batch.comp[c], P) else (c, 0) for c, P in chunks]
     return [(c, 0) for c in row_chunks(rows, lengths, micro_batch, max_tokens)]
 
 
