@@ -262,3 +262,47 @@ def test_decoder_attention_is_grouped_query_attention(dtype, L, n_kv):
     got = attention(q, k, v, mask)
     assert got.shape == (B, H, L, hd) and got.dtype == dtype
     assert (got.float() - want).abs().max().item() < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def _decoder_logits(decoder, ids):
+    B, L = ids.shape
+    cache = decoder.new_cache(B, L + 1)
+    pos = torch.arange(L)[None].expand(B, L)
+    prefill = decoder.forward(ids[:, :-1], pos[:, :-1], cache, 0)
+    step = decoder.forward(ids[:, -1:], pos[:, -1:], cache, L - 1)  # a decode step: one token per row
+    return prefill.float(), step.float()
+
+
+def test_fused_projections_in_bf16_equal_the_separate_ones_and_follow_weight_updates(tiny):
+    """A bf16 decoder runs q/k/v and gate/up as one matmul each: the logits of a prefill and a
+    decode step equal the separate projections'; after the weights are refreshed in place (the
+    rollout copy's refresh, an optimizer step) the fused weights follow, never stale; fp32 and
+    LoRA-wrapped projections are not fused."""
+    from ponder.engine.engine import rollout_copy
+    from ponder.models.decoder import Decoder
+
+    model, _ = tiny
+    assert Decoder(model).fused is None  # fp32: the separate projections, bit for bit as before
+    copy = rollout_copy(model, "bf16")
+    fused = Decoder(copy)
+    assert fused.fused is not None
+    plain = Decoder(copy)
+    plain.fused = None
+    ids = torch.randint(3, 40, (4, 9), generator=torch.Generator().manual_seed(1))
+    for a, b in zip(_decoder_logits(fused, ids), _decoder_logits(plain, ids)):
+        assert (a - b).abs().max().item() < 2e-2
+
+    before = _decoder_logits(fused, ids)[1]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    model.eval()
+    rollout_copy(model, "bf16", copy)  # refreshed in place, as the RL loop does after each update
+    after, want = _decoder_logits(fused, ids)[1], _decoder_logits(plain, ids)[1]
+    assert (before - want).abs().max().item() > 0.1  # the update moved the logits
+    assert (after - want).abs().max().item() < 2e-2
+
+    from ponder.models import lora
+    inner = lora.plain_model(lora.add_lora(rollout_copy(model, "bf16"), 2, 4, "q_proj,v_proj"))
+    assert supports(inner) and Decoder(inner).fused is None
