@@ -306,3 +306,26 @@ def test_fused_projections_in_bf16_equal_the_separate_ones_and_follow_weight_upd
     from ponder.models import lora
     inner = lora.plain_model(lora.add_lora(rollout_copy(model, "bf16"), 2, 4, "q_proj,v_proj"))
     assert supports(inner) and Decoder(inner).fused is None
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_engine_logprobs_equal_a_teacher_forced_pass(tiny, temperature, top_p):
+    """With `logprobs`, each sample carries one log-prob per token, the model's log softmax at
+    temperature 1 -- what a teacher-forced pass over the same tokens gives -- and the tokens
+    are the ones sampled without it."""
+    from dataclasses import replace
+
+    model, tok = tiny
+    e = Engine(model, tok)
+    sp = SamplingParams(max_new_tokens=16, temperature=temperature, top_p=top_p)
+    plain = e.generate(PROMPTS, n=3, params=sp, seed=4)
+    scored = e.generate(PROMPTS, n=3, params=replace(sp, logprobs=True), seed=4)
+    assert [s.ids for g in scored for s in g] == [s.ids for g in plain for s in g]
+    assert all(s.logprobs == () for g in plain for s in g)
+    for s in (s for g in scored for s in g):  # one teacher-forced pass per sample
+        ids = torch.tensor([list(s.prompt_ids) + list(s.ids)])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        want = logp[len(s.prompt_ids) - 1:].gather(1, ids[0, len(s.prompt_ids):, None])[:, 0].tolist()
+        assert len(s.logprobs) == len(s.ids) == len(want)
+        assert max(abs(a - b) for a, b in zip(s.logprobs, want)) < 1e-4

@@ -127,3 +127,50 @@ def test_a_training_run_is_the_same_with_both_speedups_on_and_off(tmp_path, monk
     r = rows[0][-1]
     parts = sum(r[k] for k in r if k.startswith("time_"))
     assert parts == pytest.approx(r["step_time"], abs=1e-4)  # metrics.jsonl rounds each value
+
+
+def _lagging(model, batch, shift: float = 0.3, seed: int = 4):
+    """`batch` as if sampled by another policy: behaviour log-probs = the model's own, jittered."""
+    logp = T.chunked_logprobs(model, batch, 16, "fp32")
+    g = torch.Generator().manual_seed(seed)
+    noise = shift * torch.randn(logp.shape, generator=g)
+    return T.RLBatch(batch.ids, batch.attn, batch.comp, batch.adv, behaviour_logp=(logp + noise) * batch.comp)
+
+
+@pytest.mark.parametrize("epochs,minibatches", [(1, 1), (2, 2)])
+def test_importance_weights_from_the_first_forward_equal_a_separate_proximal_pass(tiny, epochs, minibatches):
+    """Lagging rollouts: the proximal log-probs of the importance weights come from the update's
+    own first forward (`reuse_logprobs`), not a pass of their own: the same weights and the same
+    importance-weight metrics as with the separate pass; and the weights do change the update."""
+    model, tok = tiny
+    batch = _lagging(model, _batch(tok))
+    kw = dict(epochs=epochs, minibatches=minibatches, skip_zero_advantage=False, is_cap=1.5)
+    on, s_on = _updated(model, tok, [batch], reuse_logprobs=True, **kw)
+    off, s_off = _updated(model, tok, [batch], reuse_logprobs=False, **kw)
+    _assert_same_weights(on, off)
+    for k in ("is_weight_mean", "is_weight_min", "is_weight_max", "is_clipped_frac"):
+        assert s_on[k] == pytest.approx(s_off[k], abs=1e-6), k
+    assert s_on["is_weight_max"] > 1.5 > 1.0 > s_on["is_weight_min"] and 0 < s_on["is_clipped_frac"] < 1
+    plain, _ = _updated(model, tok, [_batch(tok)], reuse_logprobs=True, **kw)  # no behaviour log-probs
+    assert max((p - q).abs().max().item() for p, q in zip(on.parameters(), plain.parameters())) > 1e-6
+
+
+@pytest.mark.parametrize("epochs,minibatches", [(1, 1), (2, 2)])
+def test_importance_weights_are_against_the_policy_before_the_update(tiny, epochs, minibatches):
+    """Behaviour log-probs = the start policy's minus log(w) for a weight w per row (below the cap):
+    each token's importance weight is then w, so the update must equal the plain update with each
+    row's advantage times w -- in every epoch and minibatch, whatever the weights became meanwhile."""
+    model, tok = tiny
+    batch = _batch(tok)
+    w = torch.linspace(0.5, 1.4, batch.adv.numel())
+    prox = T.chunked_logprobs(model, batch, 16, "fp32")
+    lagging = T.RLBatch(batch.ids, batch.attn, batch.comp, batch.adv,
+                        behaviour_logp=(prox - torch.log(w)[:, None]) * batch.comp)
+    scaled = T.RLBatch(batch.ids, batch.attn, batch.comp, batch.adv * w)
+    kw = dict(epochs=epochs, minibatches=minibatches, is_cap=1.5)
+    got, stats = _updated(model, tok, [lagging], **kw)
+    want, _ = _updated(model, tok, [scaled], **kw)
+    # w goes through log and exp, and the proximal pass here through other chunks: fp32 rounding,
+    # which AdamW lifts to ~1e-6 (a proximal policy one epoch late moves weights by > 1e-4)
+    assert max((p - q).abs().max().item() for p, q in zip(got.parameters(), want.parameters())) < 1e-5
+    assert stats["is_clipped_frac"] == 0 and 0.5 - 1e-5 < stats["is_weight_min"] < stats["is_weight_max"] < 1.4 + 1e-5

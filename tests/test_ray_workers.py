@@ -181,10 +181,11 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch):
 
 
 def test_the_workers_sampling_logprobs_line_up_with_the_update(tiny):
-    """Behaviour log-probs (a worker's, per completion token) placed on the update's positions
-    equal the update's own log-probs of the same weights: every importance weight is 1."""
+    """Behaviour log-probs (the engine's, per completion token, as a worker records them) placed
+    on the update's positions equal the update's own log-probs of the same weights: every
+    importance weight is 1."""
     from ponder.engine.engine import Engine, SamplingParams
-    from ponder.rl.offpolicy import with_importance_weights
+    from ponder.rl.offpolicy import behaviour_logprobs, is_weight_metrics, truncated_weights
     from ponder.rl.rollout import rollout
     from ponder.rl.train import StepRollouts, build_batch, chunked_logprobs
     from ponder.tasks.spec import build_task
@@ -192,18 +193,20 @@ def test_the_workers_sampling_logprobs_line_up_with_the_update(tiny):
     model, tok = tiny
     task = build_task("arithmetic", "min_digits=1 max_digits=2 ops=add")
     engine = Engine(model, tok)
-    out = rollout(engine, task, task.examples("train", 3, seed=1), 4, SamplingParams(max_new_tokens=12), seed=5)
-    groups = [replace(g, behaviour_logprobs=workers.sampled_logprobs(model, g.samples, engine.pad_id))
-              for g in out.groups]
+    out = rollout(engine, task, task.examples("train", 3, seed=1), 4, SamplingParams(max_new_tokens=12, logprobs=True),
+                  seed=5)
+    groups = [replace(g, behaviour_logprobs=tuple(s.logprobs for s in g.samples)) for g in out.groups]
     rolled = StepRollouts(groups, [torch.tensor(g.rewards) for g in groups], {})
     batch = build_batch(rolled, engine.pad_id, lambda r: r - r.mean(-1, keepdim=True))
     prox = chunked_logprobs(model, batch, 16, "fp32")
-    weighted, stats = with_importance_weights(batch, groups, prox, cap=2.0)
+    assert torch.equal(batch.behaviour_logp, behaviour_logprobs(groups, batch.comp))  # build_batch placed them
+    w, sums = truncated_weights(prox, batch.behaviour_logp, batch.comp, cap=2.0)
+    stats = is_weight_metrics(sums)
     on = batch.comp > 0
     assert on.sum() > 10
-    assert torch.allclose(weighted.is_weight[on], torch.ones(int(on.sum())), atol=1e-4), stats
+    assert torch.allclose(w[on], torch.ones(int(on.sum())), atol=1e-4), stats
     assert abs(stats["is_weight_mean"] - 1) < 1e-4 and stats["is_clipped_frac"] == 0
     # one position off and the weights are not 1: the test sees a misalignment
     shifted = [replace(g, behaviour_logprobs=tuple(lp[1:] + (0.0,) for lp in g.behaviour_logprobs)) for g in groups]
-    _, bad = with_importance_weights(batch, shifted, prox, cap=2.0)
+    bad = is_weight_metrics(truncated_weights(prox, behaviour_logprobs(shifted, batch.comp), batch.comp, 2.0)[1])
     assert bad["is_weight_max"] > 1.01 or bad["is_weight_min"] < 0.99

@@ -65,6 +65,7 @@ class SamplingParams:
     answer_reserve: int = ANSWER_RESERVE  # with a budget, tokens of the limit kept for the answer
     answer_prefix: str = ""  # forced right after a </think> the engine forces or the model emits
     wait_text: str = "Wait"  # what replaces an early </think>
+    logprobs: bool = False  # record each emitted token's log-prob under the model's (untempered) distribution
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -91,6 +92,9 @@ class Sample:
     finish: str  # "eos" | "stop" | "length"
     thinking_tokens: int  # tokens strictly between <think> and </think> (or the end)
     answer_tokens: int  # tokens after </think>, EOS excluded
+    # with `SamplingParams.logprobs`, one per token of `ids`: log softmax of the logits the token
+    # was picked from, at temperature 1 (the distribution a teacher-forced pass scores); else ()
+    logprobs: tuple[float, ...] = ()
 
     @property
     def truncated(self) -> bool:
@@ -250,11 +254,12 @@ class Engine:
         tail = self.tok.decode(ids[-32:], skip_special_tokens=True)
         return any(tail.endswith(s) for s in stops)
 
-    def _sample(self, i: int, j: int, prompt: list[int], ids: list[int], finish: str) -> Sample:
+    def _sample(self, i: int, j: int, prompt: list[int], ids: list[int], finish: str,
+                logprobs: list[float] = ()) -> Sample:
         body = ids[:-1] if finish == "eos" else ids
         text = self.tok.decode(body, skip_special_tokens=True)
         think, answer = self.count_sections(body, text)
-        return Sample(i, j, tuple(prompt), tuple(ids), text, finish, think, answer)
+        return Sample(i, j, tuple(prompt), tuple(ids), text, finish, think, answer, tuple(logprobs))
 
     def count_sections(self, ids: list[int], text: str) -> tuple[int, int]:
         """(thinking tokens, answer tokens) of a completion."""
@@ -285,6 +290,7 @@ class _Row:
     first_col: int = 0  # cache column of the row's first prompt token
     ids: list[int] = field(default_factory=list)
     finish: str | None = None  # None while running; "eos" | "stop" | "length" | "dropped"
+    logprobs: list[float] = field(default_factory=list)  # with params.logprobs: one per token of ids
 
 
 @dataclass(frozen=True)
@@ -360,8 +366,10 @@ class Batch:
             self._admit()
         if not self.rows:
             return []
+        # the log-probs are taken before `_pick`, which bans tokens in place (forcing)
+        logp = torch.log_softmax(self.logits.float(), -1) if any(r.params.logprobs for r in self.rows) else None
         tokens = self._pick()
-        events = self._emit(tokens)
+        events = self._emit(tokens, logp)
         self.t += 1
         dev = self.e.device
         live = torch.tensor([r.finish is None for r in self.rows], device=dev)
@@ -418,10 +426,12 @@ class Batch:
             tokens[idx] = pick_tokens(logits[idx], u[idx], temp, top_p)
         return tokens
 
-    def _emit(self, tokens: torch.Tensor) -> list[Token]:
+    def _emit(self, tokens: torch.Tensor, logp: torch.Tensor | None = None) -> list[Token]:
         """Apply forcing and the stop rules to each running row's token; record finished rows.
-        `tokens` is updated in place: the model sees the forced token, not the sampled one."""
+        `tokens` is updated in place: the model sees the forced token, not the sampled one.
+        `logp` (B, V): the step's log-probs, recorded for the rows that ask (`params.logprobs`)."""
         events, picked, forced = [], tokens.tolist(), {}
+        lps = logp.gather(1, tokens[:, None])[:, 0].tolist() if logp is not None else None
         for k, r in enumerate(self.rows):
             if r.finish is not None:
                 continue
@@ -431,6 +441,8 @@ class Batch:
                 if tk != picked[k]:
                     forced[k] = tk
             r.ids.append(tk)
+            if r.params.logprobs:
+                r.logprobs.append(lps[k] if tk == picked[k] else logp[k, tk].item())
             if tk == self.e.eos_id:
                 r.finish = "eos"
             elif r.params.stop and self.e._hits_stop(r.ids, r.params.stop):
@@ -439,7 +451,7 @@ class Batch:
                 r.finish = "length"
             events.append(Token(r.rid, r.j, tk, r.finish))
             if r.finish is not None:
-                self.finished.append(self.e._sample(r.rid, r.j, r.prompt, r.ids, r.finish))
+                self.finished.append(self.e._sample(r.rid, r.j, r.prompt, r.ids, r.finish, r.logprobs))
         if forced:
             tokens[list(forced)] = torch.tensor(list(forced.values()), device=tokens.device)
         return events

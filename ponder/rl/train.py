@@ -29,7 +29,7 @@ from ponder.core import checkpoint as ckpt
 from ponder.core.device import autocast as autocast_bf16, move, of as device_of, resolve as resolve_device
 from ponder.core.lock import run_lock
 from ponder.rl.distributed import is_main, my_rows, process_group, reduce_gradients, sharded_rollout
-from ponder.rl.offpolicy import staleness_metrics, with_importance_weights
+from ponder.rl.offpolicy import add_is_sums, behaviour_logprobs, is_weight_metrics, staleness_metrics, truncated_weights
 from ponder.rl.shared_prompt import group_chunks, shared_prompt_hidden, shares_prompt
 from ponder.rl.workers import check_config as check_workers_config, rollout_workers, verifier_workers
 from ponder.models import lora
@@ -485,10 +485,12 @@ def old_logprobs(model, batch: "RLBatch", cfg: RLConfig, first_minibatch: torch.
 
 
 def minibatch_gradients(model, batch: "RLBatch", mb: torch.Tensor, trained: torch.Tensor, cfg: RLConfig, aggregate,
-                        value_head, entropy_coef: float, old_logp, ref_logp, fill_old: bool) -> dict:
+                        value_head, entropy_coef: float, old_logp, ref_logp, fill_old: bool,
+                        count_is: bool = False) -> dict:
     """Accumulate the gradient of minibatch `mb`'s loss over row chunks of its rows in `trained`
     (weighted by `CHUNK_WEIGHTS` against all of `mb`); returns the sums its metrics come from.
-    With `fill_old`, each chunk's detached log-probs become its rows' old log-probs."""
+    With `fill_old`, each chunk's detached log-probs become its rows' old log-probs; with
+    `count_is`, the sums hold the importance weights' sums under "is" (first epoch: each token once)."""
     mask_mb = batch.comp[mb]
     sums = dict.fromkeys(("loss", "clip_frac", "entropy", "kl", "value_loss", "tokens", "padded_tokens", "seen"), 0.0)
     chunks = update_chunks(model, batch, mb[trained[mb]], cfg.micro_batch, chunk_tokens(model, cfg.micro_batch_tokens),
@@ -496,14 +498,15 @@ def minibatch_gradients(model, batch: "RLBatch", mb: torch.Tensor, trained: torc
     with autocast(cfg.precision):  # one region for all chunks: autocast caches each weight's bf16 copy, cast once
         for rows, P in chunks:
             _chunk_gradients(model, batch, rows, P, mask_mb, cfg, aggregate, value_head, entropy_coef, old_logp,
-                             ref_logp, fill_old, sums)
+                             ref_logp, fill_old, sums, count_is)
     return sums
 
 
 def _chunk_gradients(model, batch, rows, prompt_len, mask_mb, cfg, aggregate, value_head, entropy_coef, old_logp,
-                     ref_logp, fill_old, sums) -> None:
+                     ref_logp, fill_old, sums, count_is: bool = False) -> None:
     """Forward, loss and backward of one row chunk of a minibatch (inside its autocast region),
-    adding its metric sums to `sums`; the chunk's rows share their first `prompt_len` tokens (0: none)."""
+    adding its metric sums to `sums` (with `count_is`, the importance weights' too, under "is");
+    the chunk's rows share their first `prompt_len` tokens (0: none)."""
     weight = CHUNK_WEIGHTS[cfg.loss_agg]
     ids, attn, mask = trimmed(batch, rows)
     T = mask.size(1)
@@ -514,8 +517,11 @@ def _chunk_gradients(model, batch, rows, prompt_len, mask_mb, cfg, aggregate, va
         old_logp[rows, :T] = old
     a = batch.adv[rows] if batch.adv.dim() == 1 else batch.adv[rows, :T]
     per_tok, clipped = clipped_policy_loss(logp, old, a, cfg.clip_low, cfg.clip_high)
-    if batch.is_weight is not None:  # rollouts that lag the policy (max_staleness >= 1)
-        per_tok = per_tok * batch.is_weight[rows, :T]
+    if batch.behaviour_logp is not None:  # rollouts that may lag: each token weighted by pi_prox / pi_behaviour
+        w, is_sums = truncated_weights(old, batch.behaviour_logp[rows, :T], mask, cfg.is_cap)  # old = proximal
+        per_tok = per_tok * w
+        if count_is:
+            sums["is"] = add_is_sums(sums.get("is"), is_sums)
     if values is not None:  # PPO's critic, trained on the same tokens
         vl = clipped_value_loss(values, batch.old_values[rows, :T], batch.returns[rows, :T], cfg.value_clip)
         per_tok = per_tok + cfg.value_coef * vl
@@ -564,13 +570,16 @@ def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggreg
     params = list(lora.trainable_parameters(model)) + (list(value_head.parameters()) if value_head else [])
     stats = dict.fromkeys(("loss", "clip_frac", "entropy", "kl", "grad_norm", "value_loss"), 0.0)
     tokens = dict.fromkeys(("update_tokens", "update_padded_tokens"), 0.0)
-    n_updates = 0
+    n_updates, is_sums = 0, None
     for epoch in range(cfg.epochs):
         for i, mb in enumerate(minibatches):
             opt.zero_grad(set_to_none=True)
             with phases("fwd_bwd"):
                 sums = minibatch_gradients(model, batch, mb, mine, cfg, aggregate, value_head, entropy_coef,
-                                           old_logp, ref_logp, fill_old=cfg.reuse_logprobs and epoch == 0 and i == 0)
+                                           old_logp, ref_logp, fill_old=cfg.reuse_logprobs and epoch == 0 and i == 0,
+                                           count_is=epoch == 0)
+                if "is" in sums:  # rollout workers are refused under torchrun: these sums stay local
+                    is_sums = add_is_sums(is_sums, sums.pop("is"))
                 sums = reduce_gradients(params, sums)  # torchrun: gradients and sums of every rank's rows
             with phases("optimizer"):
                 if not sums["padded_tokens"]:  # every row skipped: the zero gradient the full pass gives
@@ -591,6 +600,8 @@ def update_policy(model, ref_model, opt, batch: "RLBatch", cfg: RLConfig, aggreg
     out = {k: v / n_updates for k, v in stats.items()}
     if value_head is None:
         out.pop("value_loss")
+    if batch.behaviour_logp is not None:
+        out.update(is_weight_metrics(is_sums))
     return {**out, **tokens, "skipped_frac": 1.0 - trained.float().mean().item()}
 
 
@@ -604,7 +615,7 @@ class RLBatch:
     rewards: torch.Tensor | None = None  # (B,) sequence rewards (0 where invalid)
     returns: torch.Tensor | None = None  # (B, L-1) value targets (GAE)
     old_values: torch.Tensor | None = None  # (B, L-1) the value head before the update (GAE)
-    is_weight: torch.Tensor | None = None  # (B, L-1) truncated importance weights of lagging rollouts (offpolicy)
+    behaviour_logp: torch.Tensor | None = None  # (B, L-1) the sampling policy's log-probs of lagging rollouts (offpolicy)
     groups: torch.Tensor | None = None  # (B,) the group of each row: its rows share one prompt (shared_prompt)
     prompt_lens: torch.Tensor | None = None  # (B,) prompt tokens at the start of each row
 
@@ -619,16 +630,10 @@ def build_batch(rolled: StepRollouts, pad_id: int, advantage_fn) -> RLBatch:
     comp[invalid] = 0.0  # a verifier failure teaches nothing: masked out of the loss
     groups = torch.tensor([i for i, g in enumerate(rolled.groups) for _ in g.samples])
     prompt_lens = torch.tensor([len(s.prompt_ids) for s in samples])
+    # the sampling policy's log-probs, where rollout workers recorded them (rollouts that may lag: offpolicy)
+    behaviour = behaviour_logprobs(rolled.groups, comp) if any(g.behaviour_logprobs for g in rolled.groups) else None
     return RLBatch(ids, attn, comp, adv, rewards=torch.nan_to_num(rewards.reshape(-1), nan=0.0), groups=groups,
-                   prompt_lens=prompt_lens)
-
-
-def importance_weighted(model, batch: RLBatch, groups: list[Group], cfg: RLConfig) -> tuple[RLBatch, dict]:
-    """(`batch` with truncated importance weights, their statistics) for rollouts that lag the
-    policy (`ponder.rl.offpolicy`): the proximal log-probs are the current weights'."""
-    prox = chunked_logprobs(model, batch, cfg.micro_batch, cfg.precision, chunk_tokens(model, cfg.micro_batch_tokens),
-                            share=cfg.share_prompt)
-    return with_importance_weights(batch, groups, prox, cfg.is_cap)
+                   prompt_lens=prompt_lens, behaviour_logp=behaviour)
 
 
 @torch.no_grad()
@@ -800,10 +805,9 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                 if learner.value_head is not None:
                     with phases("logprobs"):
                         batch = with_gae(model, learner.value_head, batch, cfg)
-                if cfg.max_staleness:  # lagging rollouts: each token weighted by pi_prox / pi_behaviour, truncated
-                    with phases("logprobs"):
-                        batch, off_policy = importance_weighted(model, batch, rolled.groups, cfg)
-                    metrics.update(off_policy)
+                if cfg.max_staleness and batch.behaviour_logp is None:
+                    raise ValueError("max_staleness >= 1 needs the sampling log-probs of every rollout "
+                                     "(rollout workers compute them)")
                 t1 = time.perf_counter()
                 seen = entropy_forecast(learner.entropy_seen, learner.entropy_trend, cfg.entropy_lookahead)
                 bonus = entropy_bonus_weight(learner.entropy_coef, seen, cfg.entropy_aim,

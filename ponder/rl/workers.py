@@ -15,6 +15,8 @@ local loop's metrics and final weights).
   trainer updates on step s - 1 .. s - K. K = 0 is the synchronous loop. The groups carry
   the version that sampled them (`Group.policy_version`); metrics log the lag and, with
   K >= 1, the truncated importance weights (`ponder.rl.offpolicy`) that correct for it.
+  With K >= 1 the engine records each sampled token's log-prob (the behaviour policy's) as it
+  samples, so neither side runs a log-prob pass for it.
 
 Verifier workers (`--verifier-workers M`) are M more actors, each holding the task, that
 verify a contiguous share of a step's completions (`VerifierPool`, a drop-in for
@@ -32,8 +34,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-
-import torch
 
 from ponder.core.config import ConfigError
 from ponder.rl.distributed import share, world
@@ -98,29 +98,14 @@ class RolloutWorker:
             import ray
             self.model.load_state_dict(ray.get(weights[0]))
             self.version = version
+        if self.with_logprobs:  # the engine records each token's log-prob as it samples: no pass of its own
+            params = replace(params, logprobs=True)
         out = rollout(self.engine, self.task, examples, n, params, seed, index_offset=index_offset,
                       max_tokens=max_tokens, reward=reward, policy_version=version)
         if not self.with_logprobs:
             return out
-        groups = [replace(g, behaviour_logprobs=sampled_logprobs(self.model, g.samples, self.pad_id))
-                  for g in out.groups]
+        groups = [replace(g, behaviour_logprobs=tuple(s.logprobs for s in g.samples)) for g in out.groups]
         return replace(out, groups=groups)
-
-
-@torch.no_grad()
-def sampled_logprobs(model, samples, pad_id: int) -> tuple[tuple[float, ...], ...]:
-    """Per sample, the log-prob of each completion token under `model` (teacher-forced, one batch)."""
-    rows = [list(s.prompt_ids) + list(s.ids) for s in samples]
-    L = max(map(len, rows))
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, r in enumerate(rows):  # right padding: a row's positions do not move
-        ids[i, :len(r)], attn[i, :len(r)] = torch.tensor(r), 1
-    dev = next(model.parameters()).device
-    logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits[:, :-1].float()  # (B, L-1, V)
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None].to(dev)).squeeze(-1).cpu()  # (B, L-1)
-    return tuple(tuple(logp[i, len(s.prompt_ids) - 1:len(s.prompt_ids) - 1 + len(s.ids)].tolist())
-                 for i, s in enumerate(samples))
 
 
 class RolloutPool:
