@@ -807,7 +807,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
                         batch = with_gae(model, learner.value_head, batch, cfg)
                 if cfg.max_staleness and batch.behaviour_logp is None:
                     raise ValueError("max_staleness >= 1 needs the sampling log-probs of every rollout "
-                                     "(rollout workers compute them)")
+                                     "(rollout workers record them)")
                 t1 = time.perf_counter()
                 seen = entropy_forecast(learner.entropy_seen, learner.entropy_trend, cfg.entropy_lookahead)
                 bonus = entropy_bonus_weight(learner.entropy_coef, seen, cfg.entropy_aim,
