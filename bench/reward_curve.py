@@ -1,6 +1,7 @@
 """Benchmark: does ponder learn the same with its speed-ups on as with them off?
 
     python bench/reward_curve.py [--steps 12] [--lr 2e-5] [--eval-problems 100] [--threads 2] [--seed 0]
+                                 [--sampler-correction]
 
 The work of bench/vs_trl.py (SmolLM2-135M-Instruct, chat-formatted 1- and 2-digit sums,
 8 prompts x 8 samples, <= 128 tokens, T = 1), at a learning rate that moves the model within
@@ -16,7 +17,11 @@ tests/test_shared_prompt.py); bf16 does not, so the two runs sample different to
 first step on and only their learning can be compared: the mean training reward per step, its
 mean over the second half of the run, and the greedy accuracy of both final models on the same
 held-out problems (fp32 evaluation). Printed with the seconds per step; the last line gives
-the two held-out accuracies. A measurement, not a test.
+the held-out accuracies. A measurement, not a test.
+
+`--sampler-correction` adds a third run: "after" with `sampler_correction` (each completion
+token weighted by min(pi_update / pi_sampler, 2), the bf16 sampler's own log-probs recorded as
+it samples), which corrects the update for the sampler computing other numbers than it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ponder.rl.train import RLConfig, train
 RUNS = {"before (fp32, speed-ups off)": dict(precision="fp32", skip_zero_advantage=False, reuse_logprobs=False,
                                               share_prompt=False),
         "after (bf16, speed-ups on)": dict(precision="bf16")}
+CORRECTED = {"after + sampler correction": dict(precision="bf16", sampler_correction=True)}
 
 
 def held_out_accuracy(model_dir: Path, problems: int, threads: int) -> tuple[int, int]:
@@ -57,11 +63,13 @@ def main() -> None:
     ap.add_argument("--eval-problems", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="the runs' seed (prompts and sampling)")
+    ap.add_argument("--sampler-correction", action="store_true", help="a third run: after + sampler_correction")
     args = ap.parse_args()
+    runs = {**RUNS, **(CORRECTED if args.sampler_correction else {})}
     folder = resolve_model_path(args.model)
     result = {}
     with tempfile.TemporaryDirectory() as d:
-        for name, extra in RUNS.items():
+        for name, extra in runs.items():
             out = Path(d) / str(len(result))
             cfg = RLConfig(model=str(folder), task="arithmetic", task_options=TASK_OPTIONS, out=str(out),
                            steps=args.steps, prompts_per_step=8, group_size=8, max_new_tokens=128,

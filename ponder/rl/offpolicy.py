@@ -22,10 +22,19 @@ as it samples (`SamplingParams.logprobs`), so K >= 1 adds no log-prob pass anywh
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
-from ponder.rl.rollout import Group
+from ponder.rl.rollout import Group, RolloutResult
+
+
+def with_behaviour_logprobs(out: RolloutResult) -> RolloutResult:
+    """`out` with each group's `behaviour_logprobs` taken from its samples' own log-probs (an
+    engine that sampled with `SamplingParams.logprobs`)."""
+    if any(len(s.logprobs) != len(s.ids) for g in out.groups for s in g.samples):
+        raise ValueError("a sample carries no log-prob for each of its tokens: sample with SamplingParams(logprobs=True)")
+    return replace(out, groups=[replace(g, behaviour_logprobs=tuple(s.logprobs for s in g.samples)) for g in out.groups])
 
 
 def behaviour_logprobs(groups: list[Group], comp: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ from ponder.core import checkpoint as ckpt
 from ponder.core.device import autocast as autocast_bf16, move, of as device_of, resolve as resolve_device
 from ponder.core.lock import run_lock
 from ponder.rl.distributed import is_main, my_rows, process_group, reduce_gradients, sharded_rollout
-from ponder.rl.offpolicy import add_is_sums, behaviour_logprobs, is_weight_metrics, staleness_metrics, truncated_weights
+from ponder.rl.offpolicy import (add_is_sums, behaviour_logprobs, is_weight_metrics, staleness_metrics, truncated_weights,
+                                 with_behaviour_logprobs)
 from ponder.rl.shared_prompt import group_chunks, shared_prompt_hidden, shares_prompt
 from ponder.rl.workers import check_config as check_workers_config, rollout_workers, verifier_workers
 from ponder.models import lora
@@ -164,8 +165,12 @@ class RLConfig(ToolFields, RunFields, TaskFields):
                                    "the trainer waits (for slow graders: code tests in the sandbox, math "
                                    "checks); 0 = threads in this process; needs pip install 'ponder[distributed]'")
     ray_address: str = option("", "Ray cluster to join (e.g. ray://host:10001); empty = a local Ray on this machine")
-    is_cap: float = option(2.0, "max_staleness >= 1: truncation of the importance weight pi_prox / pi_behaviour "
-                           "of each token of a lagging rollout")
+    is_cap: float = option(2.0, "max_staleness >= 1 or sampler_correction: truncation of the importance weight "
+                           "pi_prox / pi_behaviour of each completion token")
+    sampler_correction: bool = option(False, "weight each completion token by min(pi_update / pi_sampler, is_cap), the "
+                                      "sampler's log-probs recorded as it samples (truncated importance sampling): "
+                                      "corrects for the sampler computing other numbers than the update (a bf16 copy, "
+                                      "ponder's decoder) even when the rollouts do not lag")
 
     @property
     def entropy_aim(self) -> float:
@@ -180,6 +185,9 @@ class RLConfig(ToolFields, RunFields, TaskFields):
             raise ConfigError(f"tools = {self.tools!r} is not supported yet with rollout_workers >= 1 or "
                               f"advantage = 'gae' (GAE would bootstrap across the tool outputs); use the local "
                               f"loop and a group-relative advantage ({', '.join(ADVANTAGES)})")
+        if self.sampler_correction and self.tools:
+            raise ConfigError(f"sampler_correction with tools = {self.tools!r} is not supported yet: tool rollouts do "
+                              f"not record the sampler's log-probs; turn one of them off")
         if self.micro_batch < 0 or self.lora_rank < 0:
             raise ConfigError(f"micro_batch and lora_rank must be >= 0, got {self.micro_batch}, {self.lora_rank}")
         if self.micro_batch_tokens < -1:
@@ -275,7 +283,8 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
     """Rollouts of P groups with their rewards; with dynamic sampling, only informative groups.
     With `toolbox` the rollouts call tools, and the metrics count the calls (`tool_metrics`);
     `verify` checks the completions (`verify_batch`'s signature: a pool of verifier workers is one)."""
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            logprobs=cfg.sampler_correction and not hasattr(engine, "remote_rollout"))
     kept: list[tuple[Group, torch.Tensor]] = []
     seen: list[Group] = []
     gen_s, gen_tokens, zero_var = 0.0, 0, []
@@ -283,6 +292,8 @@ def sample_groups(engine: Engine, task: Task, cfg: RLConfig, step: int,
         out = sharded_rollout(engine, task, step_examples(task, cfg, step, round_, history), cfg.group_size, params,
                       seed=cfg.seed * 7_919 + step * 13 + round_, reward=reward_fn(cfg), policy_version=step,
                       toolbox=toolbox, verify=verify)
+        if params.logprobs:  # the local sampler's own log-probs: the behaviour policy of `sampler_correction`
+            out = with_behaviour_logprobs(out)
         gen_s, gen_tokens = gen_s + out.seconds, gen_tokens + out.generated_tokens
         for group in out.groups:
             r = group_rewards(group, cfg.length_weight, cfg.tool_call_cost)

@@ -37,6 +37,7 @@ from dataclasses import replace
 
 from ponder.core.config import ConfigError
 from ponder.rl.distributed import share, world
+from ponder.rl.offpolicy import with_behaviour_logprobs
 from ponder.rl.rollout import RolloutResult, rollout
 
 INSTALL = "pip install 'ponder[distributed]'"
@@ -86,7 +87,7 @@ class RolloutWorker:
         self.engine = Engine(self.model, tok)
         self.task = make_task(cfg, tok)
         self.pad_id = self.engine.pad_id
-        self.with_logprobs = cfg.max_staleness > 0  # the behaviour policy's log-probs, for the IS correction
+        self.with_logprobs = cfg.max_staleness > 0 or cfg.sampler_correction  # the behaviour log-probs, for the IS weights
         self.version: int | None = None
 
     def pid(self) -> int:
@@ -102,10 +103,7 @@ class RolloutWorker:
             params = replace(params, logprobs=True)
         out = rollout(self.engine, self.task, examples, n, params, seed, index_offset=index_offset,
                       max_tokens=max_tokens, reward=reward, policy_version=version)
-        if not self.with_logprobs:
-            return out
-        groups = [replace(g, behaviour_logprobs=tuple(s.logprobs for s in g.samples)) for g in out.groups]
-        return replace(out, groups=groups)
+        return with_behaviour_logprobs(out) if self.with_logprobs else out
 
 
 class RolloutPool:
