@@ -3,7 +3,6 @@ weights and metrics of one process on the same global batch, and rank 0 alone wr
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from run_files import metrics
 from ponder.rl.distributed import is_main, my_rows, share, world
 
 # Two steps of two minibatches each (four optimizer steps, old log-probs from a separate pass),
@@ -45,9 +45,6 @@ def run(out, nproc: int) -> subprocess.CompletedProcess:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
 
-
-def metrics(out) -> list[dict]:
-    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
 @pytest.fixture(scope="module")

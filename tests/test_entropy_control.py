@@ -1,12 +1,12 @@
 """Adaptive entropy control (Skywork-OR1): the coefficient's rule, its gate, a simulated run, a real one."""
 
-import json
 import math
 import random
 import statistics
 
 import pytest
 
+from run_files import metrics as _rows
 from ponder.core import checkpoint as ckpt
 from ponder.rl.ppo import entropy_bonus_weight, entropy_coef_update
 from ponder.rl.train import train
@@ -87,9 +87,6 @@ def test_the_gate_is_what_stops_the_overshoot():
     worst = max(max(simulate(lambda c, e: c, seed=s)) for s in range(5))
     assert worst > 1.5 * TARGET, worst
 
-
-def _rows(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_entropy_control_holds_entropy_up(small_model, tmp_path):

@@ -1,10 +1,10 @@
 """PPO with a value head (advantage = "gae"); entropy control is in test_entropy_control.py."""
 
-import json
 
 import pytest
 import torch
 
+from run_files import metrics as _rows
 from ponder.core import checkpoint as ckpt
 from ponder.rl.ppo import clipped_value_loss, gae, token_rewards, whiten
 from ponder.rl.train import train
@@ -35,9 +35,6 @@ def test_value_clipping_and_whitening():
     w = whiten(torch.tensor([[1.0, 2.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
     assert w[0, :3].mean().item() == pytest.approx(0.0, abs=1e-6) and w[0, 3].item() == 0.0
 
-
-def _rows(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_ppo_learns_and_its_critic_fits(small_model, tmp_path):

@@ -4,7 +4,6 @@ lost or repeated. One local Ray cluster for the module (2 CPUs, a small object s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -12,8 +11,8 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from run_files import max_diff, metrics, weights
 from ponder.core.config import ConfigError
 from ponder.rl import workers
 from ponder.rl.train import RLConfig, train
@@ -38,17 +37,6 @@ def local(tmp_path_factory, cluster):
     train(RLConfig(out=str(out), **BASE))
     return out
 
-
-def weights(out):
-    return load_file(out / "model" / "model.safetensors")
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def max_diff(a, b) -> float:
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def same_metrics(m_local, m_workers):

@@ -7,11 +7,10 @@ bf16 copy and the update autocasts, their numbers differ, and the weights show i
 
 from __future__ import annotations
 
-import json
 
 import pytest
-from safetensors.torch import load_file
 
+from run_files import max_diff, metrics, weights
 from ponder.core.config import ConfigError
 from ponder.rl.train import RLConfig, train
 
@@ -23,12 +22,7 @@ BASE = dict(model="tiny", task="arithmetic", task_options="min_digits=1 max_digi
 def run(tmp_path, name, **kw):
     out = tmp_path / name
     train(RLConfig(out=str(out), **BASE, **kw))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return rows, load_file(out / "model" / "model.safetensors")
-
-
-def max_diff(a, b) -> float:
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    return metrics(out), weights(out)
 
 
 def test_in_fp32_every_weight_is_one_and_the_run_is_the_plain_run(tmp_path):

@@ -1,12 +1,12 @@
 """Difficulty-aware sampling (MiMo): the pass history, the preference, and the run's determinism."""
 
-import json
 from collections import Counter
 from dataclasses import replace
 
 import pytest
 import torch
 
+from run_files import metrics as _rows
 from ponder.core import checkpoint as ckpt
 from ponder.core.verdict import Verdict
 from ponder.rl.rollout import Group
@@ -72,9 +72,6 @@ def test_step_examples_off_by_default_and_deterministic_when_on():
     with pytest.raises(ValueError, match="difficulty_pool"):
         replace(cfg, difficulty_pool=0)
 
-
-def _rows(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_difficulty_sampling_run_is_logged_deterministic_and_resumes_exactly(small_model, tmp_path):

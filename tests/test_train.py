@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from run_files import metrics as _rows
 from ponder.core import checkpoint as ckpt
 from ponder.models.model import TinyModelConfig, new_tiny, save_model
 from ponder.tasks import TASKS
@@ -57,9 +58,6 @@ def test_reward_rises_on_trivial_task(small_model, tmp_path):
     assert (out / "model" / "model.safetensors").is_file()
     assert [p.name for p in ckpt.complete(out / "checkpoints")] == ["step-000020", "step-000030"]
 
-
-def _rows(out):
-    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_advantage_variants_reach_the_gradient(small_model, tmp_path):
