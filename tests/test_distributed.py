@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from run_files import metrics
+from run_files import metrics, weights
 from ponder.rl.distributed import is_main, my_rows, share, world
 
 # Two steps of two minibatches each (four optimizer steps, old log-probs from a separate pass),
@@ -46,7 +46,6 @@ def run(out, nproc: int) -> subprocess.CompletedProcess:
     return done
 
 
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp")
@@ -59,8 +58,7 @@ def runs(tmp_path_factory):
 def test_two_ranks_give_the_weights_of_one_process(runs):
     root, _, two = runs
     assert "data-parallel: 2 ranks (gloo)" in two.stdout  # the job really ran as two ranks
-    a = load_file(root / "one" / "model" / "model.safetensors")
-    b = load_file(root / "two" / "model" / "model.safetensors")
+    a, b = weights(root / "one"), weights(root / "two")
     start = load_file(_base_weights())
     assert a.keys() == b.keys()
     moved = max((a[k] - start[k]).abs().max().item() for k in a)

@@ -88,7 +88,6 @@ def test_the_gate_is_what_stops_the_overshoot():
     assert worst > 1.5 * TARGET, worst
 
 
-
 def test_entropy_control_holds_entropy_up(small_model, tmp_path):
     """A target above the run's entropy: the coefficient rises and the bonus pulls entropy up
     against the learning that lowers it (the README's quickstart runs show the real collapse)."""

@@ -1,6 +1,5 @@
 """PPO with a value head (advantage = "gae"); entropy control is in test_entropy_control.py."""
 
-
 import pytest
 import torch
 
@@ -34,7 +33,6 @@ def test_value_clipping_and_whitening():
     assert clipped_value_loss(v, old, ret, 0.5).item() == pytest.approx(0.5 * 1.5 ** 2)  # the clipped term binds
     w = whiten(torch.tensor([[1.0, 2.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
     assert w[0, :3].mean().item() == pytest.approx(0.0, abs=1e-6) and w[0, 3].item() == 0.0
-
 
 
 def test_ppo_learns_and_its_critic_fits(small_model, tmp_path):

@@ -38,7 +38,6 @@ def local(tmp_path_factory, cluster):
     return out
 
 
-
 def same_metrics(m_local, m_workers):
     assert [m["step"] for m in m_workers] == [m["step"] for m in m_local]
     for x, y in zip(m_local, m_workers):

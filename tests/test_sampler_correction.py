@@ -7,7 +7,6 @@ bf16 copy and the update autocasts, their numbers differ, and the weights show i
 
 from __future__ import annotations
 
-
 import pytest
 
 from run_files import max_diff, metrics, weights

@@ -73,7 +73,6 @@ def test_step_examples_off_by_default_and_deterministic_when_on():
         replace(cfg, difficulty_pool=0)
 
 
-
 def test_difficulty_sampling_run_is_logged_deterministic_and_resumes_exactly(small_model, tmp_path):
     kw = dict(steps=6, save_every=3, difficulty_sampling=True, difficulty_pool=3)
     a, b, part = tmp_path / "a", tmp_path / "b", tmp_path / "part"

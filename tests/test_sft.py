@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from run_files import metrics
 from ponder.stages import sft as S
 from ponder.core.config import ConfigError
 from ponder.stages.sft import SFTConfig, TraceFileError, batch_indices, collate, sft, sft_loss
@@ -60,7 +61,7 @@ def test_data_order_is_a_permutation_per_epoch_and_deterministic():
 def test_loss_falls(setup, tmp_path):
     model, data = setup
     sft(_cfg(model, data, tmp_path / "run", epochs=8, lr=1e-2))
-    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path / "run")
     assert len(rows) == 16 and rows[-1]["loss"] < rows[0]["loss"] * 0.7, (rows[0]["loss"], rows[-1]["loss"])
 
 
@@ -88,7 +89,7 @@ def test_resume_after_last_step_of_epoch_runs_exactly_the_rest(setup, tmp_path, 
     monkeypatch.setattr(S, "sft_loss", lambda *a: calls.append(1) or real_loss(*a))
     part = sft(_cfg(model, data, tmp_path / "part"), resume=True)
     assert len(calls) == 4  # steps 3..6: not zero, not all six
-    steps = [json.loads(l)["step"] for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in metrics(tmp_path / "part")]
     assert steps == [1, 2, 3, 4, 5, 6]
     from safetensors.torch import load_file
     a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
@@ -155,7 +156,7 @@ def test_bf16_precision_trains_and_the_head_sees_completion_positions_only(setup
     sft_loss(load_model(model_dir)[0], ids, attn, labels)
     assert seen == [5]  # the LM head ran on the 5 completion positions, not on all 2 x 5
     out = sft(_cfg(model_dir, traces, tmp_path / "run", precision="bf16", epochs=1))
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
     assert out.is_dir() and losses and all(l == l and l < 20 for l in losses)
     with pytest.raises(ConfigError, match="fp16"):
         _cfg(model_dir, traces, tmp_path / "x", precision="fp16")

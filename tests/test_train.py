@@ -1,6 +1,5 @@
 """A seconds-long GRPO run on a trivially learnable task: reward rises. Plus checkpoints."""
 
-import json
 import math
 
 import pytest
@@ -47,7 +46,7 @@ def _cfg(model, out, **kw):
 def test_reward_rises_on_trivial_task(small_model, tmp_path):
     out = tmp_path / "run"
     train(_cfg(small_model, out))
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(out)
     assert len(rows) == 30
     first = sum(r["reward"] for r in rows[:5]) / 5
     last = sum(r["reward"] for r in rows[-5:]) / 5
@@ -57,7 +56,6 @@ def test_reward_rises_on_trivial_task(small_model, tmp_path):
         assert key in rows[-1], key
     assert (out / "model" / "model.safetensors").is_file()
     assert [p.name for p in ckpt.complete(out / "checkpoints")] == ["step-000020", "step-000030"]
-
 
 
 def test_advantage_variants_reach_the_gradient(small_model, tmp_path):
@@ -236,7 +234,7 @@ def test_resume_keeps_the_metrics_of_the_checkpointed_step(small_model, tmp_path
     out = tmp_path / "log"
     train(_cfg(small_model, out, steps=3, save_every=3))
     train(_cfg(small_model, out, steps=5, save_every=3), resume=True)
-    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in _rows(out)]
     assert steps == [1, 2, 3, 4, 5]
 
 
@@ -279,14 +277,14 @@ def test_length_reward_shortens_completions(small_model, tmp_path, monkeypatch):
     monkeypatch.setitem(TASKS, "anything", AnythingGoesTask)
     out = tmp_path / "short"
     train(_cfg(small_model, out, task="anything", steps=25, length_weight=1.0, dynamic_sampling=True))
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(out)
     first = sum(r["resp_len_mean"] for r in rows[:5]) / 5
     last = sum(r["resp_len_mean"] for r in rows[-5:]) / 5
     assert last < first - 1.0, (first, last)
     # without it every group is all-correct: nothing to learn from, nothing used
     flat = tmp_path / "flat"
     train(_cfg(small_model, flat, task="anything", steps=2, dynamic_sampling=True, max_refills=0))
-    assert all(json.loads(l)["groups_used"] == 0 for l in (flat / "metrics.jsonl").read_text().splitlines())
+    assert all(m["groups_used"] == 0 for m in _rows(flat))
 
 
 def test_length_weight_must_not_be_negative(small_model, tmp_path):
