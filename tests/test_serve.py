@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import threading
+import time
 
 import anthropic
 try:  # the HTTP client the openai and anthropic clients are built on (httpx2 in newer ones)
@@ -17,6 +21,7 @@ import pytest
 from ponder.engine.engine import Engine, SamplingParams
 from ponder.serve.reasoning import sampling_params, split_completion
 from ponder.serve.service import ServeConfig
+from ponder.serve.worker import Job, Worker
 from serve_fixtures import KEY, RunningServer, base_model
 
 Q = "12345+67890=?"  # the built-in base thinks on some samples of this one (seed 0: 3 of 8)
@@ -305,6 +310,32 @@ def test_malformed_oversized_and_unauthorized_requests(server):
     assert httpx.get(server.url + "/nope", headers={"x-api-key": KEY}).status_code == 404
 
 
+def test_a_job_cancelled_before_it_joins_the_batch_is_dropped_not_run():
+    """The worker takes the job from its inbox and sees its cancel in the same turn (the client hung
+    up before the job was admitted): the job is dropped, never decoded."""
+    model, tok = base_model()
+    e = Engine(model, tok)
+
+    async def main():
+        w = Worker(e, 8)
+        job = Job(e.encode(Q), SamplingParams(max_new_tokens=50), [1, 2], 50, asyncio.get_running_loop())
+        try:
+            with w._cv:  # the worker thread wakes to both at once
+                w.submit(job)
+                w.cancel(job)
+            for _ in range(500):
+                stats = w.stats()
+                if stats["dropped_requests"] or (stats["running_requests"] == stats["queued_requests"] == 0
+                                                 and stats["steps"]):
+                    break
+                await asyncio.sleep(0.01)
+            return w.stats()
+        finally:
+            w.close()
+    stats = asyncio.run(main())
+    assert stats["dropped_requests"] == 1 and stats["steps"] == 0 and stats["running_requests"] == 0, stats
+
+
 @pytest.mark.parametrize("engine", ["process", "thread"])
 def test_a_full_queue_answers_429_with_retry_after(engine):
     with RunningServer(ServeConfig(max_batch=1, max_queue=1, engine=engine)) as s:
@@ -321,21 +352,57 @@ def test_a_full_queue_answers_429_with_retry_after(engine):
         assert httpx.get(s.url + "/health").json()["running_requests"] == 0
 
 
+@contextlib.contextmanager
+def engine_held_until_cancel(s: RunningServer):
+    """Hold the decode loop from the moment the job runs until the server has cancelled it, so the
+    job cannot end on its own first (it takes well under a second unheld: a race the test would lose
+    now and then). Thread engine: its batch step waits for the cancel. Process engine: the engine
+    process is stopped (SIGSTOP) once the job has joined the batch, resumed once the cancel is sent."""
+    worker, cancelled = s.service.worker, threading.Event()
+    cancel = worker.cancel
+
+    def cancel_and_tell(job):
+        cancel(job)
+        cancelled.set()
+    worker.cancel = cancel_and_tell
+    if s.cfg.engine == "thread":
+        step = worker.batch.step
+        worker.batch.step = lambda: (cancelled.wait(30), step())[1]
+        yield lambda: None
+        return
+    pid = worker._proc.pid
+
+    def stop_once_running():
+        for _ in range(3000):
+            if worker.stats()["running_requests"]:
+                return os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.001)
+        raise AssertionError(f"the job never joined the batch: {worker.stats()}")
+    try:
+        yield stop_once_running
+        assert cancelled.wait(30), "the server never cancelled the job"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 @pytest.mark.parametrize("engine", ["process", "thread"])
 def test_a_client_that_goes_away_has_its_rows_dropped(engine):
     with RunningServer(ServeConfig(max_tokens=200, engine=engine)) as s:
         # temperature 2: near-uniform sampling, so the 8 rows run for long (EOS is one token in ~100)
-        body = {"model": "tiny", "messages": [{"role": "user", "content": Q}], "max_tokens": 200,
+        body = {"model": "tiny", "messages": [{"role": "user", "content": Q}], "max_tokens": 200, "seed": 0,
                 "thinking_budget": -1, "stream": True, "temperature": 2.0, "n": 8}
-        with httpx.Client(base_url=s.url, timeout=30) as c:
-            with c.stream("POST", "/v1/chat/completions", json=body) as r:
-                next(r.iter_lines())  # the first chunk, then hang up
+        with engine_held_until_cancel(s) as running:
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                    lines = r.iter_lines()  # kept: a dropped line iterator closes the response
+                    next(lines)  # the first chunk, then hang up
+                    running()
         for _ in range(200):
             h = httpx.get(s.url + "/health").json()
             if h["running_requests"] == h["queued_requests"] == 0:
                 break
-            asyncio.run(asyncio.sleep(0.02))
-        assert h["running_requests"] == 0 and h["dropped_requests"] == 1, h
+            time.sleep(0.02)
+        assert h["running_requests"] == 0 and h["dropped_requests"] == 1, dict(h)
         ok = httpx.post(s.url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 20}, timeout=30)
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
 

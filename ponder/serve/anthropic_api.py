@@ -122,28 +122,29 @@ class _Blocks:
 
 async def _events(svc: Service, plan: Plan, msg_id: str):
     n_prompt = len(plan.job.prompt_ids)
-    yield _event("message_start", message={
-        "id": msg_id, "type": "message", "role": "assistant", "model": svc.name, "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": n_prompt, "output_tokens": 0}})
-    blocks, summarized, sample = _Blocks(), False, None
-    try:
-        async for deltas in svc.stream_batches(plan):
-            out = []  # the events of one batch in one write
-            for d in deltas:
-                if plan.reasoning == "visible" and d.reasoning:
-                    out += blocks.delta("thinking", d.reasoning)
-                elif plan.reasoning == "summary" and d.thinking_done and not summarized:
-                    summarized = True
-                    if d.thinking:
-                        out += blocks.delta("thinking", summarize(d.thinking, d.thinking_tokens))
-                if d.content or (d.sample is not None and not blocks.had_text):  # a text block, even if empty
-                    out += blocks.delta("text", d.content)
-                sample = d.sample or sample
-            if out:
-                yield "".join(out)
-    except Exception as e:  # the status is already sent: report the failure as an error event
-        yield _event("error", error={"type": "api_error", "message": str(e)})
-        return
+    async with svc.streaming(plan) as batches:  # a hang-up anywhere in here drops the job
+        yield _event("message_start", message={
+            "id": msg_id, "type": "message", "role": "assistant", "model": svc.name, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": n_prompt, "output_tokens": 0}})
+        blocks, summarized, sample = _Blocks(), False, None
+        try:
+            async for deltas in batches:
+                out = []  # the events of one batch in one write
+                for d in deltas:
+                    if plan.reasoning == "visible" and d.reasoning:
+                        out += blocks.delta("thinking", d.reasoning)
+                    elif plan.reasoning == "summary" and d.thinking_done and not summarized:
+                        summarized = True
+                        if d.thinking:
+                            out += blocks.delta("thinking", summarize(d.thinking, d.thinking_tokens))
+                    if d.content or (d.sample is not None and not blocks.had_text):  # a text block, even if empty
+                        out += blocks.delta("text", d.content)
+                    sample = d.sample or sample
+                if out:
+                    yield "".join(out)
+        except Exception as e:  # the status is already sent: report the failure as an error event
+            yield _event("error", error={"type": "api_error", "message": str(e)})
+            return
     reason, seq = stop_reason(sample, plan.stops)
     yield "".join(blocks.close() + [_event("message_delta", delta={"stop_reason": reason, "stop_sequence": seq},
                                            usage=usage_of(n_prompt, sample)), _event("message_stop")])

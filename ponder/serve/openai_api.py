@@ -114,27 +114,28 @@ def _chunk(meta: dict, choices: list[dict], with_usage: bool = False, usage: dic
 
 async def _sse(svc: Service, plan: Plan, meta: dict, usage: bool):
     rows = plan.job.rows
-    yield _chunk(meta, [{"index": j, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                        for j in range(rows)], usage)
-    samples, summarized = [], set()
-    try:
-        async for deltas in svc.stream_batches(plan):
-            out = []  # every chunk of this batch in one write: a write costs more than its bytes
-            for d in deltas:
-                for delta in _reasoning_deltas(plan.reasoning, d, summarized):
-                    out.append(_chunk(meta, [{"index": d.j, "delta": delta, "finish_reason": None}], usage))
-                if d.content:
-                    out.append(_chunk(meta, [{"index": d.j, "delta": {"content": d.content}, "finish_reason": None}],
-                                      usage))
-                if d.sample is not None:
-                    samples.append(d.sample)
-                    out.append(_chunk(meta, [{"index": d.j, "delta": {}, "finish_reason": finish_reason(d.sample)}],
-                                      usage))
-            if out:
-                yield "".join(out)
-    except Exception as e:  # a failure mid-stream: say so in the stream, the status is already sent
-        yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
-        return
+    async with svc.streaming(plan) as batches:  # a hang-up anywhere in here drops the job
+        yield _chunk(meta, [{"index": j, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                            for j in range(rows)], usage)
+        samples, summarized = [], set()
+        try:
+            async for deltas in batches:
+                out = []  # every chunk of this batch in one write: a write costs more than its bytes
+                for d in deltas:
+                    for delta in _reasoning_deltas(plan.reasoning, d, summarized):
+                        out.append(_chunk(meta, [{"index": d.j, "delta": delta, "finish_reason": None}], usage))
+                    if d.content:
+                        out.append(_chunk(meta, [{"index": d.j, "delta": {"content": d.content},
+                                                  "finish_reason": None}], usage))
+                    if d.sample is not None:
+                        samples.append(d.sample)
+                        out.append(_chunk(meta, [{"index": d.j, "delta": {}, "finish_reason": finish_reason(d.sample)}],
+                                          usage))
+                if out:
+                    yield "".join(out)
+        except Exception as e:  # a failure mid-stream: say so in the stream, the status is already sent
+            yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
+            return
     tail = _chunk(meta, [], True, usage_of(len(plan.job.prompt_ids), samples)) if usage else ""
     yield tail + "data: [DONE]\n\n"
 

@@ -2,13 +2,14 @@
 
 The HTTP routes (`openai_api`, `anthropic_api`) turn a request body into a
 `Plan` here, submit it to the batching `Worker`, and read results back either
-whole (`results`) or as deltas (`stream`). Nothing here knows HTTP except the
+whole (`results`) or as deltas (`stream`, `streaming`). Nothing here knows HTTP except the
 `RequestError`s it raises, which carry the status and the field to blame.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from dataclasses import dataclass, replace
 
@@ -225,18 +226,31 @@ class Service:
 
     async def stream(self, plan: Plan):
         """Deltas as tokens arrive; drops the job if abandoned."""
-        async for deltas in self.stream_batches(plan):
-            for delta in deltas:
-                yield delta
+        async with self.streaming(plan) as batches:
+            async for deltas in batches:
+                for delta in deltas:
+                    yield delta
 
-    async def stream_batches(self, plan: Plan):
-        """Lists of deltas: everything queued at once becomes one list, which a route sends in one write."""
+    @contextlib.asynccontextmanager
+    async def streaming(self, plan: Plan):
+        """`async with svc.streaming(plan) as batches`: lists of deltas as they arrive (everything queued
+        at once in one list, which a route sends in one write). Leaving the block before the job has
+        finished drops it, wherever that happens: also at a route's first event, before any tokens."""
+        batches = self._batches(plan)
+        await anext(batches)  # into its try: from here on, closing it drops the job unless it finished
+        try:
+            yield batches
+        finally:
+            await batches.aclose()
+
+    async def _batches(self, plan: Plan):
         job = plan.job
         ids: list[list[int]] = [[] for _ in range(job.rows)]
         splits = [StreamSplit(plan.opened, plan.stops) for _ in range(job.rows)]
         left, sent = job.rows, False
         self.streams += 1
         try:
+            yield []  # primed by `streaming`
             while left:
                 items = [await job.queue.get()]
                 if sent and self.streams >= COALESCE_FROM:

@@ -155,7 +155,12 @@ class Worker:
                 admitted = self._take_admissible()
             updates: list[tuple[Job, tuple]] = []
             for job in cancelled:
-                if self._drop(job) and self._started:
+                if job in admitted:  # cancelled while it waited, taken from the inbox in this same turn
+                    admitted.remove(job)
+                    self.dropped += 1
+                elif not self._drop(job):
+                    continue
+                if self._started:
                     updates.append((job, ("dropped", None)))
             for job in admitted:
                 self._admit(job, updates)
