@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from run_files import metrics
 
 from ponder import cli
 from ponder.core.config import ConfigError
@@ -82,7 +83,7 @@ def _tiny_run(tmp_path, device: str, name: str):
 def test_a_tiny_train_step_runs_on_the_cpu_when_asked(tmp_path):
     cfg = _tiny_run(tmp_path, "cpu", "cpu")
     assert json.loads((tmp_path / "cpu" / "config.json").read_text())["device"] == "cpu"
-    line = json.loads((tmp_path / "cpu" / "metrics.jsonl").read_text().splitlines()[-1])
+    line = metrics(tmp_path / "cpu")[-1]
     assert line["step"] == 1 and "loss" in line, line
     from ponder.models.model import load_model
     model, _ = load_model(tmp_path / "cpu" / "model", device=cfg.device)
@@ -92,5 +93,5 @@ def test_a_tiny_train_step_runs_on_the_cpu_when_asked(tmp_path):
 @pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
 def test_the_same_step_runs_on_a_gpu(tmp_path):  # runs where torch sees a GPU (not on this project's CI)
     _tiny_run(tmp_path, "cuda", "cuda")
-    line = json.loads((tmp_path / "cuda" / "metrics.jsonl").read_text().splitlines()[-1])
+    line = metrics(tmp_path / "cuda")[-1]
     assert line["step"] == 1 and line["loss"] == line["loss"], line  # finite, not NaN

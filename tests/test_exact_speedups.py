@@ -6,11 +6,11 @@ first forward, so on-policy single-epoch GRPO runs no separate log-prob pass.
 """
 
 import copy
-import json
 
 import pytest
 import torch
 from r1_fixtures import DigitsTask, small_model
+from run_files import metrics
 
 from ponder.engine.engine import Sample
 from ponder.models.lora import trainable_parameters
@@ -117,7 +117,7 @@ def test_a_training_run_is_the_same_with_both_speedups_on_and_off(tmp_path, monk
                          max_new_tokens=4, lr=3e-3, warmup=1, seed=0, save_every=10, tensorboard=False,
                          progress=False, skip_zero_advantage=on, reuse_logprobs=on, threads=1)
         finals.append(load_model(str(T.train(cfg)))[0])
-        rows.append([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
+        rows.append(metrics(out))
     assert any(r["skipped_frac"] > 0 for r in rows[0]) and all(r["skipped_frac"] == 0 for r in rows[1])
     _assert_same_weights(*finals)
     assert [r["reward"] for r in rows[0]] == [r["reward"] for r in rows[1]]

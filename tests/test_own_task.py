@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+from run_files import metrics
 
 from ponder.core.config import ConfigError, build, load_toml
 from ponder.inference.evaluate import EvalConfig, eval_task, evaluate
@@ -74,8 +75,7 @@ def test_train_on_a_jsonl_task(own, tmp_path):
     cfg = RLConfig(**own, out=str(tmp_path / "rl"), steps=2, prompts_per_step=4, group_size=2,
                    max_new_tokens=24, save_every=2, progress=False, tensorboard=False, threads=1)
     train(cfg)
-    lines = (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    assert [m["step"] for m in metrics(tmp_path / "rl")] == [1, 2]
     assert (tmp_path / "rl" / "model" / "model.safetensors").is_file()
 
 

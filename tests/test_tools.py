@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from run_files import metrics
 from transformers import DynamicCache, LlamaConfig
 
 from ponder.core.config import ConfigError
@@ -490,8 +491,6 @@ def test_an_rl_step_with_tools_masks_the_tool_tokens_and_logs_the_calls(tmp_path
     calculator, the update's completion mask is 0 on exactly the tokens the tool wrote, and
     metrics.jsonl counts the calls. With `tool_call_cost` each correct completion's one call
     costs that much of its reward."""
-    import json
-
     from ponder.models.model import load_tokenizer
     from ponder.rl import train as T
     from ponder.tasks.spec import make_task
@@ -520,9 +519,9 @@ def test_an_rl_step_with_tools_masks_the_tool_tokens_and_logs_the_calls(tmp_path
         assert tok.decode(batch.ids[b, [p + 1 for p in tool_positions]].tolist()) == f"<output>{answer}</output>"
         assert all(batch.comp[b, p] == 0 for p in tool_positions)
         assert batch.comp[b].sum().item() == len(s.ids) - len(tool_positions)  # every model token still trains
-    (metrics,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics["tool_calls"] == 1.0 and metrics["tool_errors"] == 0.0 and metrics["tool_tokens"] > 0
-    assert "tool_seconds" in metrics
+    (m,) = metrics(tmp_path / "run")
+    assert m["tool_calls"] == 1.0 and m["tool_errors"] == 0.0 and m["tool_tokens"] > 0
+    assert "tool_seconds" in m
 
 
 def test_tool_settings_come_from_flags_and_recipes_and_a_bad_name_is_one_line(tmp_path, capsys):
