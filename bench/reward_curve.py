@@ -1,7 +1,7 @@
 """Benchmark: does ponder learn the same with its speed-ups on as with them off?
 
     python bench/reward_curve.py [--steps 12] [--lr 2e-5] [--eval-problems 100] [--threads 2] [--seed 0]
-                                 [--sampler-correction]
+                                 [--arms before,after] [--sampler-correction]
 
 The work of bench/vs_trl.py (SmolLM2-135M-Instruct, chat-formatted 1- and 2-digit sums,
 8 prompts x 8 samples, <= 128 tokens, T = 1), at a learning rate that moves the model within
@@ -22,6 +22,10 @@ the held-out accuracies. A measurement, not a test.
 `--sampler-correction` adds a third run: "after" with `sampler_correction` (each completion
 token weighted by min(pi_update / pi_sampler, 2), the bf16 sampler's own log-probs recorded as
 it samples), which corrects the update for the sampler computing other numbers than it.
+
+`--arms` picks the runs (default before,after); `bf16-rollouts` (fp32 update, rollouts from the
+bf16 copy) and `bf16-update` (fp32 rollouts, bf16 autocast update) split the two halves of
+"after", both with the exact speed-ups on, to tell which half changes the learning.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from ponder.core.stats import wilson_ci
 from ponder.models.model import resolve_model_path
 from ponder.rl.train import RLConfig, train
 
-RUNS = {"before (fp32, speed-ups off)": dict(precision="fp32", skip_zero_advantage=False, reuse_logprobs=False,
-                                              share_prompt=False),
-        "after (bf16, speed-ups on)": dict(precision="bf16")}
-CORRECTED = {"after + sampler correction": dict(precision="bf16", sampler_correction=True)}
+ARMS = {"before": ("before (fp32, speed-ups off)", dict(precision="fp32", skip_zero_advantage=False,
+                                                        reuse_logprobs=False, share_prompt=False)),
+        "after": ("after (bf16, speed-ups on)", dict(precision="bf16")),
+        "corrected": ("after + sampler correction", dict(precision="bf16", sampler_correction=True)),
+        "bf16-rollouts": ("bf16 rollouts, fp32 update", dict(precision="fp32", rollout_precision="bf16")),
+        "bf16-update": ("fp32 rollouts, bf16 update", dict(precision="bf16", rollout_precision="fp32"))}
 
 
 def held_out_accuracy(model_dir: Path, problems: int, threads: int) -> tuple[int, int]:
@@ -63,9 +69,14 @@ def main() -> None:
     ap.add_argument("--eval-problems", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="the runs' seed (prompts and sampling)")
-    ap.add_argument("--sampler-correction", action="store_true", help="a third run: after + sampler_correction")
+    ap.add_argument("--arms", default="before,after", help="the runs, comma-separated: " + ", ".join(ARMS))
+    ap.add_argument("--sampler-correction", action="store_true", help="also the arm 'corrected'")
     args = ap.parse_args()
-    runs = {**RUNS, **(CORRECTED if args.sampler_correction else {})}
+    names = [a.strip() for a in args.arms.split(",") if a.strip()] + (["corrected"] if args.sampler_correction else [])
+    bad = [a for a in names if a not in ARMS]
+    if bad:
+        ap.error(f"--arms {bad[0]!r} is not an arm; valid: {', '.join(ARMS)}")
+    runs = dict(ARMS[a] for a in dict.fromkeys(names))
     folder = resolve_model_path(args.model)
     result = {}
     with tempfile.TemporaryDirectory() as d:

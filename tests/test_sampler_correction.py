@@ -47,3 +47,14 @@ def test_in_bf16_the_weights_see_the_mismatch_and_change_the_update(tmp_path):
 def test_with_tools_it_is_refused_saying_why():
     with pytest.raises(ConfigError, match="sampler_correction with tools"):
         RLConfig(**BASE, sampler_correction=True, tools="calculator")
+
+
+def test_rollout_precision_samples_in_one_precision_and_updates_in_the_other(tmp_path):
+    split, _ = run(tmp_path, "split", rollout_precision="bf16", sampler_correction=True)  # fp32 update
+    fp32, _ = run(tmp_path, "fp32", rollout_precision="fp32", sampler_correction=True)
+    for m in split:  # a bf16 sampler's numbers differ from the fp32 update's by percents (tiny model: 3-7%)
+        assert m["is_weight_min"] < 0.99 and m["is_weight_max"] > 1.01, m
+    for m in fp32:  # fp32 both sides: the same numbers
+        assert m["is_weight_min"] > 0.999 and m["is_weight_max"] < 1.001, m
+    with pytest.raises(ConfigError, match="rollout_precision = 'fp16' is not valid; choose one of: same, fp32, bf16"):
+        RLConfig(**BASE, rollout_precision="fp16")

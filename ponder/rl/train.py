@@ -136,6 +136,9 @@ class RLConfig(ToolFields, RunFields, TaskFields):
                             "and autocasts the update's matmuls (weights, grads, optimizer stay fp32); "
                             "2-3x faster on CPUs with AMX/AVX512-bf16",
                             choices=PRECISIONS)
+    rollout_precision: str = option("same", "precision of the rollouts alone (fp32 or bf16), to sample in one and "
+                                    "update in the other; same = as precision",
+                                    choices=("same",) + PRECISIONS)
     micro_batch: int = option(16, "rows per forward/backward chunk (gradients accumulate): bounds memory, "
                               "not the update; 0 = the whole minibatch at once")
     micro_batch_tokens: int = option(-1, "also cap a chunk's rows x padded length at this many tokens; "
@@ -171,6 +174,11 @@ class RLConfig(ToolFields, RunFields, TaskFields):
                                       "sampler's log-probs recorded as it samples (truncated importance sampling): "
                                       "corrects for the sampler computing other numbers than the update (a bf16 copy, "
                                       "ponder's decoder) even when the rollouts do not lag")
+
+    @property
+    def sampler_precision(self) -> str:
+        """The precision rollouts are sampled in: `rollout_precision`, or `precision` for "same"."""
+        return self.precision if self.rollout_precision == "same" else self.rollout_precision
 
     @property
     def entropy_aim(self) -> float:
@@ -801,7 +809,7 @@ def _train(cfg: RLConfig, resume: bool, log_prefix: str) -> Path:
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)  # the critic may learn faster than the policy
             model.eval()
-            sampler = rollout_copy(lora.plain_model(model), cfg.precision, sampler)
+            sampler = rollout_copy(lora.plain_model(model), cfg.sampler_precision, sampler)
             engine = Engine(sampler, tok) if pool is None else pool.publish(sampler, step)  # version = steps done
             phases = Phases()  # the step's breakdown (`step_breakdown`)
             with phases("rollout"):

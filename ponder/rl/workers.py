@@ -83,7 +83,7 @@ class RolloutWorker:
         from ponder.tasks.spec import make_task
         set_threads(cfg.threads or 1)
         model, tok = load_model(cfg.model, device=cfg.device)
-        self.model = rollout_copy(model, cfg.precision)  # the dtype the trainer samples in
+        self.model = rollout_copy(model, cfg.sampler_precision)  # the dtype the trainer samples in
         self.engine = Engine(self.model, tok)
         self.task = make_task(cfg, tok)
         self.pad_id = self.engine.pad_id
