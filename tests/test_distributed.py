@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from run_files import metrics, weights
+from run_files import max_diff, metrics, weights
 from ponder.rl.distributed import is_main, my_rows, share, world
 
 # Two steps of two minibatches each (four optimizer steps, old log-probs from a separate pass),
@@ -61,8 +61,7 @@ def test_two_ranks_give_the_weights_of_one_process(runs):
     a, b = weights(root / "one"), weights(root / "two")
     start = load_file(_base_weights())
     assert a.keys() == b.keys()
-    moved = max((a[k] - start[k]).abs().max().item() for k in a)
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    moved, diff = max_diff(a, start), max_diff(a, b)
     assert moved > 1e-5, "training did not move the weights: the comparison would prove nothing"
     assert diff <= 1e-6, f"2 ranks vs 1 process: max weight difference {diff:.3g}"
 

@@ -356,33 +356,52 @@ def test_a_full_queue_answers_429_with_retry_after(engine):
 def engine_held_until_cancel(s: RunningServer):
     """Hold the decode loop from the moment the job runs until the server has cancelled it, so the
     job cannot end on its own first (it takes well under a second unheld: a race the test would lose
-    now and then). Thread engine: its batch step waits for the cancel. Process engine: the engine
-    process is stopped (SIGSTOP) once the job has joined the batch, resumed once the cancel is sent."""
-    worker, cancelled = s.service.worker, threading.Event()
+    now and then). Thread engine: its batch steps wait. Process engine: the engine process is
+    stopped (SIGSTOP) once the job has joined the batch. Either is let go once the cancel is sent,
+    or when the block fails (so a server that never cancels fails the test, not hangs it)."""
+    worker, cancelled, release = s.service.worker, threading.Event(), threading.Event()
     cancel = worker.cancel
 
     def cancel_and_tell(job):
         cancel(job)
         cancelled.set()
     worker.cancel = cancel_and_tell
-    if s.cfg.engine == "thread":
-        step = worker.batch.step
-        worker.batch.step = lambda: (cancelled.wait(30), step())[1]
-        yield lambda: None
-        return
-    pid = worker._proc.pid
 
     def stop_once_running():
         for _ in range(3000):
             if worker.stats()["running_requests"]:
-                return os.kill(pid, signal.SIGSTOP)
+                return os.kill(worker._proc.pid, signal.SIGSTOP)
             time.sleep(0.001)
         raise AssertionError(f"the job never joined the batch: {worker.stats()}")
+    if s.cfg.engine == "thread":
+        step = worker.batch.step
+        worker.batch.step = lambda: (release.wait(30), step())[1]
     try:
-        yield stop_once_running
+        yield (lambda: None) if s.cfg.engine == "thread" else stop_once_running
         assert cancelled.wait(30), "the server never cancelled the job"
     finally:
-        os.kill(pid, signal.SIGCONT)
+        release.set()
+        if s.cfg.engine == "process":
+            os.kill(worker._proc.pid, signal.SIGCONT)
+
+
+def test_leaving_a_stream_before_its_first_batch_drops_the_job():
+    """A route's first event (OpenAI's role chunk, Anthropic's message_start) goes out before any
+    tokens: a client that hangs up there leaves the `streaming` block before it has read a batch."""
+    with RunningServer(ServeConfig(engine="thread")) as s:
+        with engine_held_until_cancel(s):
+            async def open_and_leave():
+                plan = s.service.plan([("user", Q)], None, 200, "max_tokens", 2.0, 1.0, (), 4, 0, None)
+                s.service.submit(plan)
+                async with s.service.streaming(plan):
+                    pass
+            asyncio.run(open_and_leave())
+        for _ in range(200):
+            h = s.service.worker.stats()
+            if h["running_requests"] == h["queued_requests"] == 0:
+                break
+            time.sleep(0.02)
+        assert h["dropped_requests"] == 1 and h["running_requests"] == 0, h
 
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
