@@ -58,3 +58,15 @@ def test_rollout_precision_samples_in_one_precision_and_updates_in_the_other(tmp
         assert m["is_weight_min"] > 0.999 and m["is_weight_max"] < 1.001, m
     with pytest.raises(ConfigError, match="rollout_precision = 'fp16' is not valid; choose one of: same, fp32, bf16"):
         RLConfig(**BASE, rollout_precision="fp16")
+
+
+@pytest.mark.parametrize("precision, rollout_precision, dtype", [
+    ("fp32", "bf16", "bfloat16"), ("bf16", "fp32", "float32"), ("bf16", "same", "bfloat16"), ("fp32", "same", "float32")])
+def test_a_rollout_worker_samples_in_the_rollout_precision(precision, rollout_precision, dtype):
+    """The Ray rollout actor (`ponder.rl.workers.RolloutWorker`, built here as the plain class it is)
+    holds its policy copy in the dtype the local loop samples in, not the update's."""
+    import torch
+    from ponder.rl.workers import RolloutWorker
+    cfg = RLConfig(**BASE, precision=precision, rollout_precision=rollout_precision)
+    worker = RolloutWorker(cfg)
+    assert {p.dtype for p in worker.model.parameters()} == {getattr(torch, dtype)}
