@@ -516,6 +516,43 @@ def test_a_waiting_non_streaming_request_is_dropped_when_its_client_leaves(monke
                                                      "dropped_requests": 1}
 
 
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_stream_whose_client_leaves_before_the_body_starts_drops_its_job(spec):
+    """Starlette never starts the body when the client is gone before the response's first send
+    (ASGI 2.3: a disconnect cancels the response; 2.4: the send fails). The generator never runs,
+    so only the response itself can drop the job (`JobStream`)."""
+    from ponder.serve.sse import JobStream
+    with RunningServer(ServeConfig(engine="thread")) as s:
+        svc, started = s.service, []
+
+        async def events():
+            started.append(True)
+            yield "data: {}\n\n"
+
+        async def run():
+            plan = svc.plan([("user", Q)], -1, 200, "max_tokens", 2.0, 1.0, (), 2, 0, None)
+            svc.submit(plan)
+
+            async def receive():
+                return {"type": "http.disconnect"}
+
+            async def send(message):
+                if spec == "2.4":
+                    raise OSError("the client is gone")
+                await asyncio.Event().wait()  # never sent: the disconnect cancels the response first
+            with contextlib.suppress(Exception):
+                await JobStream(events(), svc.dropper(plan))({"type": "http", "asgi": {"spec_version": spec}},
+                                                              receive, send)
+        asyncio.run(run())
+        for _ in range(250):
+            if svc.worker.stats()["dropped_requests"] == 1:
+                break
+            asyncio.run(asyncio.sleep(0.02))
+        assert not started
+        assert svc.worker.stats() | {"steps": 0} == {"running_requests": 0, "queued_requests": 0, "steps": 0,
+                                                     "dropped_requests": 1}
+
 # -- Gemini ------------------------------------------------------------------------------
 
 def gemini(server, body, stream=False, model="tiny"):

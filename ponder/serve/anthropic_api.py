@@ -21,10 +21,10 @@ import json
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from ponder.serve.reasoning import RequestError, shown_reasoning, split_completion, summarize
 from ponder.serve.schemas import MessagesRequest, text_of
+from ponder.serve.sse import JobStream
 from ponder.serve.service import Plan, Service
 
 router = APIRouter()
@@ -67,8 +67,7 @@ async def messages(body: MessagesRequest, request: Request):
     svc.submit(plan)
     msg_id = f"msg_{uuid.uuid4().hex}"
     if body.stream:
-        return StreamingResponse(_events(svc, plan, msg_id), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return JobStream(_events(svc, plan, msg_id), svc.dropper(plan))
     samples = await svc.results(plan, request.is_disconnected)
     if not samples:
         return {}

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from ponder.serve.reasoning import shown_reasoning, split_completion, summarize
 from ponder.serve.schemas import GenerateContentRequest, GenerationConfig
+from ponder.serve.sse import JobStream
 from ponder.serve.service import Plan, Service
 
 router = APIRouter()
@@ -70,7 +70,7 @@ async def stream_generate_content(model: str, body: GenerateContentRequest, requ
     svc: Service = request.app.state.service
     plan = plan_generate(svc, model, body)
     svc.submit(plan)
-    return StreamingResponse(_events(svc, plan), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return JobStream(_events(svc, plan), svc.dropper(plan))
 
 
 async def _events(svc: Service, plan: Plan):

@@ -21,10 +21,10 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from ponder.serve.reasoning import RequestError, effort_to_budget, shown_reasoning, split_completion, summarize
 from ponder.serve.schemas import ChatRequest, stops_of, text_of
+from ponder.serve.sse import JobStream
 from ponder.serve.service import Plan, Service, finish_reason
 
 DEFAULT_EFFORT = "medium"  # the OpenAI API's default for reasoning models
@@ -74,8 +74,7 @@ async def chat_completions(body: ChatRequest, request: Request):
         return await _with_strategy(svc, plan, body, meta, request)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(svc, plan, meta, usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return JobStream(_sse(svc, plan, meta, usage), svc.dropper(plan))
     samples = await svc.results(plan, request.is_disconnected)
     return {**meta, "object": "chat.completion", "choices": [_choice(plan, s, s.sample_index) for s in samples],
             "usage": usage_of(len(plan.job.prompt_ids), samples)}

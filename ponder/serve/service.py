@@ -202,6 +202,10 @@ class Service:
         except EngineGone as e:
             raise RequestError(None, f"server unavailable: {e}", 503, "api_error") from None
 
+    def dropper(self, plan: Plan):
+        """A callable that drops `plan`'s job if it has not finished (a no-op once it has)."""
+        return lambda: self.worker.cancel(plan.job)
+
     async def results(self, plan: Plan, is_disconnected=None) -> list[Sample]:
         """All samples, in choice order; the job is dropped if the client goes away."""
         job, out = plan.job, [None] * plan.job.rows
