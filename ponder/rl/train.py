@@ -59,6 +59,7 @@ from ponder.rl.sampling import PassHistory, choose, record
 
 
 PRECISIONS = ("fp32", "bf16")
+REWARDS = ("score", "correct")
 
 
 def autocast(precision: str):
@@ -123,6 +124,9 @@ class RLConfig(ToolFields, RunFields, TaskFields):
     difficulty_pool: int = option(4, "candidate prompts drawn per prompt kept (difficulty sampling)")
     epochs: int = option(1, "optimisation passes over each rollout batch")
     minibatches: int = option(1, "minibatches per pass")
+    reward: str = option("score", "what a sample earns from its verdict: score = the verifier's score (partial "
+                         "credit, e.g. the share of fields right), correct = 1 for a correct verdict and 0 "
+                         "otherwise (only an exact answer pays)", choices=REWARDS)
     format_weight: float = option(0.0, "weight of the <think>…</think> format reward")
     length_weight: float = option(0.0, "weight of Kimi k1.5's group-relative length reward (long2short RL): "
                                   "+0.5 for a group's shortest correct completion down to -0.5 for its "
@@ -243,11 +247,17 @@ def step_examples(task: Task, cfg: RLConfig, step: int, round_: int, history: Pa
                   torch.Generator().manual_seed(seed))
 
 
+def correct_only(sample, verdict) -> float:
+    """1 for a correct verdict, 0 for any other, whatever partial credit its score gives."""
+    return float(verdict.status == "correct")
+
+
 def reward_fn(cfg: RLConfig):
-    """The task's verdict score, plus the optional <think> format reward."""
+    """The task's verdict score (or its correctness alone), plus the optional <think> format reward."""
+    base = correct_only if cfg.reward == "correct" else verdict_score
     if not cfg.format_weight:
-        return verdict_score
-    return lambda s, v: v.score + cfg.format_weight * format_score(s.text)
+        return base
+    return lambda s, v: base(s, v) + cfg.format_weight * format_score(s.text)
 
 
 def group_rewards(group: Group, length_weight: float, tool_call_cost: float = 0.0) -> torch.Tensor:
